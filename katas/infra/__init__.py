@@ -1,0 +1,1 @@
+"""The shared platform every kata stands on: native servers, stacks, chaos, settings."""
