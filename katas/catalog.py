@@ -28,6 +28,7 @@ ServerKind = Literal[
     "postgres_standby",
     "s3rver",
     "tansu",
+    "chdb",
 ]
 
 
@@ -64,6 +65,8 @@ class Nfr(_Strict):
     def _measurable_rows_are_complete(self) -> Nfr:
         if self.metric is not None and (self.op is None or self.target is None):
             raise ValueError(f"NFR {self.id!r}: a measured NFR needs both 'op' and 'target'")
+        if self.metric is None and (self.op is not None or self.target is not None):
+            raise ValueError(f"NFR {self.id!r}: 'op' and 'target' need a 'metric' to compare against")
         if self.metric is None and not self.note:
             raise ValueError(f"NFR {self.id!r}: an NFR that is not measured needs a 'note' saying why")
         return self
@@ -95,6 +98,14 @@ class Mistake(_Strict):
     switch: str | None = Field(default=None, description="value of `katas up <kata> --mistake`")
     test: str | None = Field(default=None, description="repo-relative path of the test that shows it")
     structural: str | None = Field(default=None, description="why no switch: where the design avoids it")
+
+    @model_validator(mode="after")
+    def _switch_or_reason(self) -> Mistake:
+        if (self.switch is None) == (self.structural is None):
+            raise ValueError(f"mistake {self.name!r}: give either a 'switch' or a 'structural' reason")
+        if self.test is not None and self.switch is None:
+            raise ValueError(f"mistake {self.name!r}: a 'test' shows a 'switch'; this mistake has none")
+        return self
 
 
 class ServerSpec(_Strict):
@@ -172,7 +183,7 @@ def _load_cached(path: Path, mtime: float) -> KataCard:
 
 def get_card(kata: str) -> KataCard:
     path = catalog_dir() / kata / "kata.toml"
-    if not path.is_file():
+    if not kata.isidentifier() or not path.is_file():
         known = ", ".join(kata_ids()) or "none"
         raise UnknownKataError(f"unknown kata {kata!r} (known: {known})")
     return _load_cached(path, path.stat().st_mtime)

@@ -73,6 +73,8 @@ class Server(ABC):
     name: str
     run_dir: Path
     port: int = 0
+    public_port: int = 0
+    """Where clients connect when a chaos proxy stands in front of the server (0: no proxy)."""
     start_timeout_s: float = 30.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -110,12 +112,18 @@ class Server(ABC):
 
     @property
     def address(self) -> str:
+        """Where the server itself listens."""
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        """Where clients connect: the chaos proxy in front of the server if there is one."""
+        return f"{LOOPBACK}:{self.public_port or self.port}"
 
     @property
     def endpoint(self) -> str:
         """What a client connects to: host:port by default, a URL for HTTP servers."""
-        return self.address
+        return self.client_address
 
     @property
     def pid(self) -> int | None:
@@ -136,6 +144,9 @@ class Server(ABC):
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        if is_listening(self.port):
+            # Otherwise the other process would answer the health check and pass for this server.
+            raise ServerError(self, f"cannot start: port {self.port} is already in use by another process")
         self.prepare()
         self._spawn()
         self.wait_healthy()
@@ -230,6 +241,15 @@ def _ping_text_protocol(port: int, request: bytes, expect: bytes, timeout: float
         return False
 
 
+def _text_request(port: int, request: bytes, timeout: float = 0.5) -> str:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            return sock.recv(65536).decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _http_ok(url: str, timeout: float = 0.5) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
@@ -256,17 +276,22 @@ class RedisServer(Server):
             "--appendfsync", "everysec",
             "--save", "",
             "--daemonize", "no",
+            "--repl-diskless-sync-delay", "0",  # the default waits 5 s for more replicas before a sync
         ]  # fmt: skip
         if self.replica_of is not None:
             argv += ["--replicaof", LOOPBACK, str(self.replica_of.port)]
         return argv
 
     def healthy(self) -> bool:
-        return _ping_text_protocol(self.port, b"PING\r\n", b"+PONG")
+        if self.replica_of is None:
+            return _ping_text_protocol(self.port, b"PING\r\n", b"+PONG")
+        # A replica is of use once it has the primary's data; after a failover it may be primary itself.
+        info = _text_request(self.port, b"INFO replication\r\n")
+        return "master_link_status:up" in info or "role:master" in info
 
     @property
     def url(self) -> str:
-        return f"redis://{self.address}/0"
+        return f"redis://{self.client_address}/0"
 
     def client_env(self) -> dict[str, str]:
         return {} if self.replica_of is not None else {"KATAS_REDIS_URL": self.url}
@@ -327,6 +352,9 @@ class MosquittoBroker(Server):
         return self.home / "mosquitto.conf"
 
     def prepare(self) -> None:
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to its own user, which must be able to write its database.
+            shutil.chown(self.home, "mosquitto", "mosquitto")
         lines = [
             f"listener {self.port} {LOOPBACK}",
             "allow_anonymous true",
@@ -361,7 +389,7 @@ class MosquittoBroker(Server):
         return _ping_text_protocol(self.port, _MQTT_CONNECT, b"\x20\x02")
 
     def client_env(self) -> dict[str, str]:
-        return {"KATAS_MQTT_BROKERS": self.address}
+        return {"KATAS_MQTT_BROKERS": self.client_address}
 
 
 # ------------------------------------------------------------------------------------------ PostgreSQL
@@ -458,7 +486,7 @@ class PostgresServer(Server):
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@{self.address}/postgres"
+        return f"postgresql://postgres@{self.client_address}/postgres"
 
     def promote(self, timeout_s: float = 30.0) -> None:
         """Turn this standby into a primary that accepts writes."""
@@ -497,11 +525,11 @@ class S3rverServer(Server):
         (self.home / "data").mkdir(exist_ok=True)
 
     def healthy(self) -> bool:
-        return _http_ok(f"{self.endpoint}/")
+        return _http_ok(f"http://{self.address}/")
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.address}"
+        return f"http://{self.client_address}"
 
     def client_env(self) -> dict[str, str]:
         return {
@@ -552,15 +580,16 @@ class TansuBroker(Server):
         }
 
     def command(self) -> list[str]:
-        url = f"tcp://{self.address}"
-        return [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        # Clients must come back through the proxy after metadata, so the proxy's address is advertised.
+        listen, advertised = f"tcp://{self.address}", f"tcp://{self.client_address}"
+        return [_tansu_binary(), "broker", "--listener-url", listen, "--advertised-listener-url", advertised,
                 "--storage-engine", f"s3://{self.bucket}/"]  # fmt: skip
 
     def healthy(self) -> bool:
         return is_listening(self.port)
 
     def client_env(self) -> dict[str, str]:
-        return {"KATAS_KAFKA_BOOTSTRAP": self.address}
+        return {"KATAS_KAFKA_BOOTSTRAP": self.client_address}
 
 
 def ensure_bucket(endpoint: str, bucket: str) -> None:
@@ -601,14 +630,45 @@ class ChdbStore(Server):
                 "--path", str(self.data_dir), "--port", str(self.port)]  # fmt: skip
 
     def healthy(self) -> bool:
-        return _http_ok(f"{self.endpoint}/ping")
+        return _http_ok(f"http://{self.address}/ping")
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.address}"
+        return f"http://{self.client_address}"
 
     def client_env(self) -> dict[str, str]:
         return {"KATAS_CLICKHOUSE_URL": self.endpoint, "KATAS_CHDB_PATH": str(self.data_dir)}
+
+
+# -------------------------------------------------------------------------------------- kata services
+@dataclass
+class ServiceProcess(Server):
+    """A kata's own service, run as `python -m <module>` with the stack's endpoints in its environment.
+
+    Services are launched, killed, paused and restarted exactly like servers, so chaos treats a worker
+    and a broker alike. A service with an HTTP port is healthy when `/healthz` answers 200; the port is
+    handed to it in `KATAS_SERVICE_PORT`.
+    """
+
+    kind: ClassVar[str] = "service"
+    module: str = ""
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    http: bool = True
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+    def environment(self) -> dict[str, str]:
+        own = {"KATAS_SERVICE_NAME": self.name, "KATAS_SERVICE_PORT": str(self.port)}
+        return {**self.env, **own, "PYTHONUNBUFFERED": "1"}
+
+    def healthy(self) -> bool:
+        return _http_ok(f"http://{self.address}/healthz") if self.http else self.is_running()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.client_address}" if self.http else ""
 
 
 SERVER_KINDS: Mapping[str, type[Server]] = {

@@ -1,0 +1,1 @@
+"""Kata 6: API gateway with rate limiting and authentication."""

@@ -1,0 +1,1 @@
+"""Kata 7: disaster recovery orchestrator."""

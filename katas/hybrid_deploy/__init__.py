@@ -1,0 +1,1 @@
+"""Kata 3: hybrid cloud deployment orchestrator."""

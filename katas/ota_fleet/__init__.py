@@ -1,0 +1,1 @@
+"""Kata 2: edge device fleet management (OTA updates and telemetry)."""

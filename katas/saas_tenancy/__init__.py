@@ -1,0 +1,1 @@
+"""Kata 5: multi-tenant SaaS platform."""

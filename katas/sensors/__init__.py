@@ -1,0 +1,1 @@
+"""Kata 4: real-time sensor data aggregation."""

@@ -1,0 +1,1 @@
+"""Kata 1: security event pipeline (SIEM-like)."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: servers come from the lab's own launchers, exactly as `katas up` starts them."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from katas.infra.servers import Server
+
+S = TypeVar("S", bound=Server)
+TESTS_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder (unit, integration, chaos, nfr), so `-m unit` selects the fast ones."""
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(TESTS_DIR).parts[0]
+        if folder in ("unit", "integration", "chaos", "nfr"):
+            item.add_marker(getattr(pytest.mark, folder))
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A run directory every server can reach: PostgreSQL runs as its own user, and pytest's own
+    tmp_path sits under a folder only root may enter."""
+    path = Path(tempfile.mkdtemp(prefix="katas-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[[S], S]]:
+    """Start servers for one test; every one is stopped afterwards, by its PID, whatever happened."""
+    started: list[Server] = []
+
+    def _launch(server: S) -> S:
+        started.append(server)
+        server.start()
+        return server
+
+    yield _launch
+    for server in reversed(started):
+        server.stop()
