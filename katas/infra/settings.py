@@ -38,6 +38,10 @@ class InfraSettings(BaseSettings):
     """data directory of the chDB store (native mode)."""
     clickhouse_url: str = ""
     """http URL of a ClickHouse server (compose mode); used instead of chdb_path when set."""
+    etcd_endpoints: str = ""
+    """comma-separated http URLs of etcd, for katas that need watches."""
+    service_bind_host: str = "127.0.0.1"
+    """where a kata service listens: loopback natively; 0.0.0.0 inside a container, so peers reach it."""
     kata_run_dir: str = ""
     """the kata's run directory, for files a service must share with the launcher."""
 

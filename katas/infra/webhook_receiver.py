@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
-from katas.infra.ports import LOOPBACK
+from katas.infra.settings import infra_settings
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -98,7 +98,7 @@ def main() -> None:
     path = Path(os.environ.get("KATAS_WEBHOOK_LOG", home / "webhook.jsonl")).resolve()
     path.touch()
     (home / "endpoints.json").write_text(json.dumps({"webhook_log": str(path)}))
-    server = ThreadingHTTPServer((LOOPBACK, port), make_handler(WebhookLog(path)))
+    server = ThreadingHTTPServer((infra_settings().service_bind_host, port), make_handler(WebhookLog(path)))
     server.daemon_threads = True
 
     def shutdown(signum: int, frame: FrameType | None) -> None:

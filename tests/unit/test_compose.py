@@ -136,7 +136,7 @@ class Project:
 def _include_paths(entry: Any, base: Path) -> list[Path]:
     """`include:` takes a path, or a mapping whose `path` is a path or a list of paths."""
     paths = entry.get("path") if isinstance(entry, dict) else entry
-    return [base / p for p in ([paths] if isinstance(paths, str) else paths)]
+    return [base / str(p) for p in ([paths] if isinstance(paths, str) else paths or [])]
 
 
 def load_project(path: Path, project: Project | None = None) -> Project:
@@ -414,7 +414,8 @@ def test_referenced_files_exist(project: Project) -> None:
     missing = []
     for name, service in project.services.items():
         for source in _bind_sources(service):
-            if not (service.base_dir / source).expanduser().exists():
+            path = (service.base_dir / Path(source).expanduser()).resolve()
+            if not path.is_relative_to(REPO_ROOT.resolve()) or not path.exists():
                 missing.append(f"{name}: bind mount {source}")
         for path in _env_file_paths(service):
             if not path.is_file():
@@ -425,8 +426,8 @@ def test_referenced_files_exist(project: Project) -> None:
                 missing.append(f"{name}: build context {context}")
             if not dockerfile.is_file():
                 missing.append(f"{name}: build dockerfile {dockerfile}")
-    for config, (source, spec) in project.configs.items():
-        if "file" in spec and not (source.parent / spec["file"]).is_file():
+    for config, (compose_file, spec) in project.configs.items():
+        if "file" in spec and not (compose_file.parent / spec["file"]).is_file():
             missing.append(f"config {config}: file {spec['file']}")
     assert not missing, "referenced files that do not exist in the repo:\n  " + "\n  ".join(missing)
 
