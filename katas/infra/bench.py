@@ -73,7 +73,8 @@ SETTLE_S = 10.0
 
 @dataclass
 class BenchResult:
-    """One row: a throughput `value` in `unit`, or an `error` (value 0) if the server failed."""
+    """One row: a throughput `value` in `unit`; `error` says why the row cannot be trusted (value 0 if the
+    server failed before anything was measured, the measured value if, say, messages went missing)."""
 
     name: str
     value: float
@@ -170,7 +171,7 @@ def _stack(name: str, spec: StackSpec) -> Iterator[Stack]:
     """A stack of its own in a temporary run directory, stopped and deleted whatever happens."""
     with (
         tempfile.TemporaryDirectory(prefix=f"katas-bench-{name}-") as tmp,
-        Stack("bench", spec, Path(tmp) / name) as stack,
+        Stack("bench", spec, Path(tmp)) as stack,
     ):
         yield stack
 

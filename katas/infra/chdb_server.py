@@ -54,6 +54,7 @@ class StoreOwner:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes; no 40 ms stall
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base

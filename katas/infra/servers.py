@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -221,14 +222,20 @@ class Server(ABC):
         self.stop()
         return self.start()
 
+    def detail(self) -> str:
+        """One short line for the status table: role, throughput, lag or queue depth."""
+        return ""
+
     def status(self) -> dict[str, Any]:
+        healthy = self.is_running() and self.healthy()
         return {
             "name": self.name,
             "kind": self.kind,
             "endpoint": self.endpoint,
             "pid": self.pid,
             "running": self.is_running(),
-            "healthy": self.is_running() and self.healthy(),
+            "healthy": healthy,
+            "detail": self.detail() if healthy else "",
         }
 
 
@@ -256,6 +263,26 @@ def _http_ok(url: str, timeout: float = 0.5) -> bool:
             return bool(200 <= response.status < 300)
     except (OSError, urllib.error.URLError):
         return False
+
+
+def _scrape_metrics(url: str) -> dict[str, float]:
+    """Samples of a Prometheus text page by metric name (labelled series are summed)."""
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 - loopback only
+            text = response.read().decode(errors="replace")
+    except (OSError, urllib.error.URLError):
+        return {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name = series.split("{", 1)[0]
+        try:
+            samples[name] = samples.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return samples
 
 
 # ---------------------------------------------------------------------------------------------- Redis
@@ -292,6 +319,15 @@ class RedisServer(Server):
     @property
     def url(self) -> str:
         return f"redis://{self.client_address}/0"
+
+    def detail(self) -> str:
+        info = dict(
+            line.split(":", 1) for line in _text_request(self.port, b"INFO\r\n").splitlines() if ":" in line
+        )
+        text = f"{info.get('role', '?')}, {info.get('instantaneous_ops_per_sec', '?')} ops/s"
+        if info.get("role") == "slave":
+            text += f", link {info.get('master_link_status', '?')}"
+        return text
 
     def client_env(self) -> dict[str, str]:
         return {} if self.replica_of is not None else {"KATAS_REDIS_URL": self.url}
@@ -437,6 +473,13 @@ class PostgresServer(Server):
 
     def prepare(self) -> None:
         if self.run_as():
+            blocked = [p for p in self.home.parents if not p.stat().st_mode & stat.S_IXOTH]
+            if blocked:
+                raise ServerError(
+                    self,
+                    f"cannot start: the postgres user cannot enter {blocked[0]}; "
+                    "set KATAS_RUN_ROOT to a folder it can reach, such as /tmp/katas",
+                )
             shutil.chown(self.home, "postgres", "postgres")
             shutil.chown(self.log_path if self.log_path.exists() else self.home, "postgres", "postgres")
         if (self.data_dir / "PG_VERSION").exists():
@@ -484,6 +527,9 @@ class PostgresServer(Server):
                 os.kill(self.process.pid, signal.SIGINT)
         super().stop(timeout_s)
 
+    def detail(self) -> str:
+        return "standby" if (self.data_dir / "standby.signal").exists() else "primary"
+
     @property
     def dsn(self) -> str:
         return f"postgresql://postgres@{self.client_address}/postgres"
@@ -506,19 +552,29 @@ class PostgresServer(Server):
 # ---------------------------------------------------------------------------------------------- s3rver
 @dataclass
 class S3rverServer(Server):
-    """s3rver, a file-backed S3 API on node: objects survive restarts; buckets are created on demand."""
+    """s3rver, a file-backed S3 API on node: objects survive restarts; buckets are created on demand;
+    conditional PUTs (If-None-Match, If-Match) are honoured, which tansu's storage depends on."""
 
     kind: ClassVar[str] = "s3rver"
     buckets: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        script = NODE_PACKAGES_DIR / "node_modules" / "s3rver" / "bin" / "s3rver.js"
-        if not script.exists():
-            raise FileNotFoundError(f"{script} is missing: run `make setup`")
-        argv = [_which("node"), str(script), "-d", str(self.home / "data"), "-a", LOOPBACK,
-                "-p", str(self.port), "--allow-mismatched-signatures", "--no-vhost-buckets"]  # fmt: skip
+        # s3rver behind a small entry point of ours that adds S3's conditional writes (see its header).
+        script = NODE_PACKAGES_DIR / "s3rver-conditional.js"
+        if not (NODE_PACKAGES_DIR / "node_modules" / "s3rver").is_dir():
+            raise FileNotFoundError(f"s3rver is not installed in {NODE_PACKAGES_DIR}: run `make setup`")
+        argv = [
+            _which("node"),
+            str(script),
+            "-d",
+            str(self.home / "data"),
+            "-a",
+            LOOPBACK,
+            "-p",
+            str(self.port),
+        ]
         for bucket in self.buckets:
-            argv += ["--configure-bucket", bucket]
+            argv += ["--bucket", bucket]
         return argv
 
     def prepare(self) -> None:
@@ -576,6 +632,7 @@ class TansuBroker(Server):
             "AWS_DEFAULT_REGION": S3_REGION,
             "AWS_ENDPOINT": self.object_store.endpoint,
             "AWS_ALLOW_HTTP": "true",
+            "AWS_CONDITIONAL_PUT": "etag",  # updates carry If-Match: <etag>; s3rver-conditional.js checks it
             "RUST_LOG": "warn",
         }
 
@@ -655,6 +712,7 @@ class ServiceProcess(Server):
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     http: bool = True
+    _last_scrape: tuple[dict[str, float], float] = field(default=({}, 0.0), init=False, repr=False)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
@@ -665,6 +723,21 @@ class ServiceProcess(Server):
 
     def healthy(self) -> bool:
         return _http_ok(f"http://{self.address}/healthz") if self.http else self.is_running()
+
+    def detail(self) -> str:
+        """Rates of the service's counters since the last look, and its lag, depth or queue gauges."""
+        if not self.http:
+            return ""
+        now, samples = time.monotonic(), _scrape_metrics(f"http://{self.address}/metrics")
+        previous, then = self._last_scrape
+        self._last_scrape = (samples, now)
+        parts = []
+        for name, value in samples.items():
+            if name.endswith("_total") and name in previous and now > then:
+                parts.append(f"{name.removesuffix('_total')} {(value - previous[name]) / (now - then):.0f}/s")
+            elif any(word in name for word in ("lag", "depth", "queue")):
+                parts.append(f"{name} {value:g}")
+        return ", ".join(parts[:4])
 
     @property
     def endpoint(self) -> str:

@@ -44,6 +44,7 @@ class WebhookLog:
 def make_handler(log: WebhookLog) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes; no 40 ms stall
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
