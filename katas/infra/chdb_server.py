@@ -69,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be taken for the next request
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"body too large\n")
             return
         self._run(self.rfile.read(length))

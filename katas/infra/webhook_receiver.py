@@ -71,17 +71,26 @@ def make_handler(log: WebhookLog) -> type[BaseHTTPRequestHandler]:
                 self._reply(HTTPStatus.NOT_FOUND, b'{"error":"not found"}')
 
         def do_POST(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                log.rejected += 1
+                self.close_connection = True
+                self._reply(HTTPStatus.BAD_REQUEST, b'{"error":"bad Content-Length"}')
+                return
+            if length > MAX_BODY_BYTES:
+                log.rejected += 1
+                self.close_connection = True  # the unread body must not be taken for the next request
+                self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b'{"error":"body larger than 1 MiB"}')
+                return
+            body = self.rfile.read(length)
             if not self.path.startswith("/hooks/") or len(self.path) <= len("/hooks/"):
                 self._reply(HTTPStatus.NOT_FOUND, b'{"error":"POST to /hooks/<channel>"}')
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                log.rejected += 1
-                self.close_connection = True
-                self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b'{"error":"body larger than 1 MiB"}')
-                return
             try:
-                payload = json.loads(self.rfile.read(length))
+                payload = json.loads(body)
             except ValueError as exc:
                 log.rejected += 1
                 error = json.dumps({"error": f"body is not JSON: {exc}"}).encode()
