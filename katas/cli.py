@@ -102,7 +102,9 @@ def status_table(kata: str, rows: list[dict[str, Any]]) -> Table:
     for column in ("component", "kind", "state", "endpoint", "pid", "network", "detail"):
         table.add_column(column)
     for row in rows:
-        if row["healthy"]:
+        if row.get("paused"):
+            state = "[magenta]paused[/]"
+        elif row["healthy"]:
             state = "[green]up[/]"
         elif row["running"]:
             state = "[yellow]unhealthy[/]"

@@ -78,6 +78,7 @@ class Server(ABC):
     """Where clients connect when a chaos proxy stands in front of the server (0: no proxy)."""
     start_timeout_s: float = 30.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    paused: bool = field(default=False, init=False)
 
     # -- what a launcher defines -----------------------------------------------------------------------
     @abstractmethod
@@ -190,7 +191,7 @@ class Server(ABC):
         """SIGTERM, then SIGKILL if the server has not exited within the timeout."""
         if self.process is None:
             return
-        self._signal_group(signal.SIGCONT)  # a paused server cannot handle SIGTERM
+        self.resume()  # a paused server cannot handle SIGTERM
         self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout_s)
@@ -206,6 +207,7 @@ class Server(ABC):
         self._signal_group(signal.SIGKILL)
         self.process.wait()
         self._reap_group()
+        self.paused = False
 
     def _reap_group(self) -> None:
         # Children of a killed leader (PostgreSQL backends) may outlive it briefly; make sure none stays.
@@ -214,9 +216,11 @@ class Server(ABC):
 
     def pause(self) -> None:
         self._signal_group(signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         self._signal_group(signal.SIGCONT)
+        self.paused = False
 
     def restart(self) -> Server:
         self.stop()
@@ -234,6 +238,7 @@ class Server(ABC):
             "endpoint": self.endpoint,
             "pid": self.pid,
             "running": self.is_running(),
+            "paused": self.paused,
             "healthy": healthy,
             "detail": self.detail() if healthy else "",
         }
@@ -522,7 +527,7 @@ class PostgresServer(Server):
     def stop(self, timeout_s: float = 15.0) -> None:
         # SIGTERM is PostgreSQL's "smart" shutdown, which waits for clients; SIGINT is "fast".
         if self.process is not None and self.is_running():
-            self._signal_group(signal.SIGCONT)
+            self.resume()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGINT)
         super().stop(timeout_s)

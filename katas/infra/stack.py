@@ -243,15 +243,14 @@ def read_state(kata: str) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether a process runs; a zombie (exited, not yet reaped by its parent) does not count."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def reap_leftovers(kata: str, grace_s: float = 10.0) -> list[str]:

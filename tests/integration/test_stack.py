@@ -83,6 +83,13 @@ def test_stack_wires_servers_services_and_endpoints(run_dir: Path) -> None:
         assert rows["redis"]["network"] == "direct"
         assert "webhook_received" in {row["name"]: row for row in stack.status()}["webhook"]["detail"]
 
+        chaos.apply(stack, ChaosAction.PAUSE, "webhook")
+        frozen = {row["name"]: row for row in stack.status()}["webhook"]
+        assert frozen["paused"]
+        assert not frozen["healthy"]
+        chaos.apply(stack, ChaosAction.RESUME, "webhook")
+        assert {row["name"]: row for row in stack.status()}["webhook"]["healthy"]
+
 
 def test_network_chaos_on_the_broker(run_dir: Path) -> None:
     with Stack("demo", SPEC, run_dir / "demo") as stack:
