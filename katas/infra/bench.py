@@ -48,7 +48,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from katas.catalog import StackSpec
-from katas.infra.servers import NODE_PACKAGES_DIR, S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+from katas.infra.s3 import s3_client
+from katas.infra.servers import NODE_PACKAGES_DIR
 from katas.infra.stack import Stack
 
 KAFKA_TOPIC = "bench"
@@ -583,17 +584,7 @@ def _bench_s3(seconds: float) -> list[BenchResult]:
 
 
 def _s3(endpoint: str, seconds: float, pids: dict[str, int | None]) -> BenchResult:
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        region_name=S3_REGION,
-        config=Config(max_pool_connections=S3_THREADS * 2, retries={"max_attempts": 1}),
-    )
+    client = s3_client(endpoint, max_pool_connections=S3_THREADS * 2, retries={"max_attempts": 1})
     client.head_bucket(Bucket="bench")
     body = random.randbytes(S3_OBJECT_BYTES)
     per_thread = S3_MAX_PUTS // S3_THREADS

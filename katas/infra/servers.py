@@ -32,11 +32,9 @@ from typing import Any, ClassVar
 
 from katas import REPO_ROOT
 from katas.infra.ports import LOOPBACK, free_port, is_listening
+from katas.infra.s3 import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, ensure_bucket, s3_client
 
 NODE_PACKAGES_DIR = REPO_ROOT / "tools" / "node"
-S3_ACCESS_KEY = "S3RVER"
-S3_SECRET_KEY = "S3RVER"  # noqa: S105 - s3rver's fixed local credentials
-S3_REGION = "us-east-1"
 
 
 class ServerError(RuntimeError):
@@ -565,7 +563,7 @@ class S3rverServer(Server):
 
     def command(self) -> list[str]:
         # s3rver behind a small entry point of ours that adds S3's conditional writes (see its header).
-        script = NODE_PACKAGES_DIR / "s3rver-conditional.js"
+        script = NODE_PACKAGES_DIR / "s3rver-katas.js"
         if not (NODE_PACKAGES_DIR / "node_modules" / "s3rver").is_dir():
             raise FileNotFoundError(f"s3rver is not installed in {NODE_PACKAGES_DIR}: run `make setup`")
         argv = [
@@ -627,7 +625,7 @@ class TansuBroker(Server):
             raise ValueError(f"broker {self.name}: start its object store first")
         if self.bucket not in self.object_store.buckets:
             self.object_store.buckets.append(self.bucket)
-        ensure_bucket(self.object_store.endpoint, self.bucket)
+        ensure_bucket(s3_client(self.object_store.endpoint), self.bucket)
 
     def environment(self) -> dict[str, str]:
         assert self.object_store is not None
@@ -637,7 +635,7 @@ class TansuBroker(Server):
             "AWS_DEFAULT_REGION": S3_REGION,
             "AWS_ENDPOINT": self.object_store.endpoint,
             "AWS_ALLOW_HTTP": "true",
-            "AWS_CONDITIONAL_PUT": "etag",  # updates carry If-Match: <etag>; s3rver-conditional.js checks it
+            "AWS_CONDITIONAL_PUT": "etag",  # updates carry If-Match: <etag>; s3rver-katas.js checks it
             "RUST_LOG": "warn",
         }
 
@@ -652,24 +650,6 @@ class TansuBroker(Server):
 
     def client_env(self) -> dict[str, str]:
         return {"KATAS_KAFKA_BOOTSTRAP": self.client_address}
-
-
-def ensure_bucket(endpoint: str, bucket: str) -> None:
-    """Create a bucket if it does not exist (s3rver keeps buckets on disk)."""
-    import boto3
-    from botocore.exceptions import ClientError
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        region_name=S3_REGION,
-    )
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError:
-        client.create_bucket(Bucket=bucket)
 
 
 # ------------------------------------------------------------------------------------------------ chDB

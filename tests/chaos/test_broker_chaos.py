@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from katas.catalog import StackSpec
 from katas.infra import chaos
@@ -36,11 +36,16 @@ DOWN_FOR_S = 2
 RECOVERY_LIMIT_S = 20
 
 
-async def _consume_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+async def _consume_all(bootstrap: str, topic: str, expected: int) -> tuple[list[bytes], dict[int, int]]:
+    """Every record of the topic, and each partition's log-end offset (what the broker says it holds)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     got: list[bytes] = []
     try:
+        await consumer.topics()  # fetches the cluster's metadata
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        ends = {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        consumer.assign(partitions)
         deadline = time.monotonic() + 30
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and (len(got) < expected or time.monotonic() - quiet_since < 2):
@@ -50,10 +55,12 @@ async def _consume_all(bootstrap: str, topic: str, expected: int) -> list[bytes]
                 quiet_since = time.monotonic()
     finally:
         await consumer.stop()
-    return got
+    return got, ends
 
 
-async def _produce_through_a_crash(stack: Stack, victim: str) -> tuple[set[bytes], list[bytes], float]:
+async def _produce_through_a_crash(
+    stack: Stack, victim: str
+) -> tuple[set[bytes], list[bytes], dict[int, int], float]:
     bootstrap = stack["kafka"].client_address
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=4000)
     await producer.start()
@@ -84,8 +91,8 @@ async def _produce_through_a_crash(stack: Stack, victim: str) -> tuple[set[bytes
     print(result.summary_line())
     after = [t for t in ack_times if t > restarted_at]
     recovery_s = (min(after) - restarted_at) if after else float("inf")
-    stored = await _consume_all(bootstrap, "chaos", len(acked))
-    return acked, stored, recovery_s
+    stored, ends = await _consume_all(bootstrap, "chaos", len(acked))
+    return acked, stored, ends, recovery_s
 
 
 @pytest.mark.parametrize("victim", ["kafka", "s3"])
@@ -93,7 +100,7 @@ def test_no_acknowledged_record_is_lost_when_a_component_crashes_under_load(
     run_dir: Path, victim: str
 ) -> None:
     with Stack("chaos", SPEC, run_dir / "chaos") as stack:
-        acked, stored, recovery_s = asyncio.run(_produce_through_a_crash(stack, victim))
+        acked, stored, ends, recovery_s = asyncio.run(_produce_through_a_crash(stack, victim))
 
     lost = acked - set(stored)
     duplicates = sum(n - 1 for n in Counter(stored).values() if n > 1)
@@ -102,5 +109,8 @@ def test_no_acknowledged_record_is_lost_when_a_component_crashes_under_load(
         f"first ack {recovery_s:.1f} s after restart"
     )
     assert len(acked) > RATE_PER_S * FAULT_AT_S * 0.5, "too few records were acknowledged to prove anything"
-    assert not lost, f"{len(lost)} acknowledged records were lost, e.g. {sorted(lost)[:5]}"
+    assert not lost, (
+        f"{len(lost)} acknowledged records were not read back, e.g. {sorted(lost)[:5]}; "
+        f"the broker's log-end offsets by partition: {ends} ({sum(ends.values())} records)"
+    )
     assert recovery_s <= RECOVERY_LIMIT_S, f"producing resumed {recovery_s:.1f} s after the restart"

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
@@ -21,10 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from katas.infra.clickhouse import ClickHouse
+from katas.infra.s3 import s3_client
 from katas.infra.servers import (
-    S3_ACCESS_KEY,
-    S3_REGION,
-    S3_SECRET_KEY,
     ChdbStore,
     MosquittoBroker,
     PostgresServer,
@@ -116,22 +113,15 @@ def test_kafka_group_offsets_survive_restart_of_broker_and_object_store(
 def test_s3_objects_survive_restart(run_dir: Path, launch: Launch) -> None:
     s3 = launch(S3rverServer("s3", run_dir, buckets=["lake"]))
 
-    def client() -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint,
-            aws_access_key_id=S3_ACCESS_KEY,
-            aws_secret_access_key=S3_SECRET_KEY,
-            region_name=S3_REGION,
-        )
-
-    client().put_object(Bucket="lake", Key="day=2026-11-29/part-0.parquet", Body=b"columns")
-    client().create_bucket(Bucket="made-on-demand")
+    s3_client(s3.endpoint).put_object(Bucket="lake", Key="day=2026-11-29/part-0.parquet", Body=b"columns")
+    s3_client(s3.endpoint).create_bucket(Bucket="made-on-demand")
     s3.kill()
     s3.start()
-    body = client().get_object(Bucket="lake", Key="day=2026-11-29/part-0.parquet")["Body"].read()
+    body = (
+        s3_client(s3.endpoint).get_object(Bucket="lake", Key="day=2026-11-29/part-0.parquet")["Body"].read()
+    )
     assert body == b"columns"
-    assert "made-on-demand" in {b["Name"] for b in client().list_buckets()["Buckets"]}
+    assert "made-on-demand" in {b["Name"] for b in s3_client(s3.endpoint).list_buckets()["Buckets"]}
 
 
 # ---------------------------------------------------------------------------------------------- chDB

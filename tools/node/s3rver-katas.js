@@ -1,17 +1,28 @@
 #!/usr/bin/env node
-// s3rver with S3's conditional writes.
+// s3rver as the lab runs it: unchanged, plus two things real S3 gives and tansu relies on.
 //
-// Why: tansu keeps each partition's high watermark in an object that it creates with
-// `If-None-Match: *` and updates with `If-Match: <etag>`, as S3 allows. s3rver 3.7 ignores both headers,
-// so after a restart tansu's create silently overwrites the stored watermark and new records overwrite
-// acknowledged ones from offset 0. This entry point runs s3rver unchanged, with one middleware in front
-// that answers 412 Precondition Failed, as S3 does, when a conditional PUT's condition does not hold.
-// Conditional PUTs of one key are serialised, so check-then-write is atomic within this process.
+// 1. Conditional writes. tansu keeps each partition's high watermark in an object that it creates with
+//    `If-None-Match: *` and updates with `If-Match: <etag>`. s3rver 3.7 ignores both headers, so after a
+//    restart tansu's create silently overwrote the stored watermark and new records overwrote
+//    acknowledged ones from offset 0. A middleware in front answers 412 Precondition Failed, as S3 does,
+//    when a conditional PUT's condition does not hold; conditional PUTs of one key are serialised, so
+//    check-then-write is atomic within this process.
+// 2. Atomic, acknowledged-after-written objects. s3rver writes an object straight to its final path and
+//    answers before the file is written, so a crash could lose an acknowledged object or leave half of
+//    one (which a conditional create then refuses to replace). Objects are written to a temporary file,
+//    which is renamed into place once written, before the answer. This survives a crash of the process
+//    (the lab's chaos), not a power cut: there is no fsync.
 //
-// Usage: node s3rver-conditional.js -d DIR -a ADDRESS -p PORT [--bucket NAME]... [--silent]
+// Usage: node s3rver-katas.js -d DIR -a ADDRESS -p PORT [--bucket NAME]... [--silent]
 'use strict';
 
+const crypto = require('crypto');
+const fs = require('fs');
+const fsp = require('fs/promises');
+const path = require('path');
+const { pipeline, Transform } = require('stream');
 const S3rver = require('s3rver');
+const FilesystemStore = require('s3rver/lib/stores/filesystem');
 
 function parseArgs(argv) {
   const opts = { directory: null, address: '127.0.0.1', port: 4568, silent: false, buckets: [] };
@@ -84,8 +95,48 @@ function conditionalWrites(store) {
   };
 }
 
+function atomicPutObject() {
+  return async function putObject(object) {
+    const objectPath = this.getResourcePath(object.bucket, object.key, 'object');
+    const md5Path = this.getResourcePath(object.bucket, object.key, 'object.md5');
+    const tmpPath = `${objectPath}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`;
+    await fsp.mkdir(path.dirname(objectPath), { recursive: true });
+    const md5Context = crypto.createHash('md5');
+    let size = 0;
+    try {
+      if (Buffer.isBuffer(object.content)) {
+        await fsp.writeFile(tmpPath, object.content);
+        md5Context.update(object.content);
+        size = object.content.length;
+      } else {
+        const hashing = new Transform({
+          transform(chunk, encoding, callback) {
+            md5Context.update(chunk, encoding);
+            size += chunk.length;
+            callback(null, chunk);
+          },
+        });
+        await new Promise((resolve, reject) =>
+          pipeline(object.content, hashing, fs.createWriteStream(tmpPath), err => (err ? reject(err) : resolve())),
+        );
+      }
+      // Without its .md5 file an object's ETag is computed from its content, so dropping the old one
+      // first keeps the ETag right whichever step a crash interrupts.
+      await fsp.rm(md5Path, { force: true });
+      await fsp.rename(tmpPath, objectPath);
+    } catch (err) {
+      await fsp.rm(tmpPath, { force: true });
+      throw err;
+    }
+    const md5 = md5Context.digest('hex');
+    await this.putMetadata(object.bucket, object.key, object.metadata, md5);
+    return { size, md5 };
+  };
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
+  FilesystemStore.prototype.putObject = atomicPutObject();
   const server = new S3rver({
     directory: opts.directory,
     address: opts.address,
