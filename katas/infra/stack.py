@@ -168,8 +168,8 @@ class Stack:
             server.stop()
         for proxy in self.proxies.values():
             proxy.stop()
-        state = self.run_dir / "state.json"
-        state.unlink(missing_ok=True)
+        for stale in ("state.json", "endpoints.json"):  # nothing may read endpoints of a stopped stack
+            (self.run_dir / stale).unlink(missing_ok=True)
 
     def __enter__(self) -> Stack:
         return self.start()

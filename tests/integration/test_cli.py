@@ -145,6 +145,7 @@ def test_up_status_chaos_down(demo_env: dict[str, str], demo_up: tuple[subproces
     supervisor.wait(30)
     assert not any(pid_alive(pid) for pid in pids), "a component outlived `katas down`"
     assert not (run / "state.json").exists()
+    assert not (run / "endpoints.json").exists()
 
 
 def test_down_reaps_what_a_crashed_supervisor_left(
