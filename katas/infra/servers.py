@@ -718,6 +718,8 @@ class ServiceProcess(Server):
         self._last_scrape = (samples, now)
         parts = []
         for name, value in samples.items():
+            if name.startswith(("python_", "process_")):  # the client library's own metrics
+                continue
             if name.endswith("_total") and name in previous and now > then:
                 parts.append(f"{name.removesuffix('_total')} {(value - previous[name]) / (now - then):.0f}/s")
             elif any(word in name for word in ("lag", "depth", "queue")):

@@ -87,3 +87,12 @@ def test_webhook_refuses_a_malformed_content_length(webhook: tuple[str, Path]) -
         assert sock.recv(1024).startswith(b"HTTP/1.1 400")
     assert log.read_text() == ""
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_service_stops_gracefully_on_sigterm(run_dir: Path) -> None:
+    with Stack("hooks", WEBHOOK, run_dir / "hooks") as stack:
+        service = stack["webhook"]
+        service.stop()
+        assert service.process is not None
+        assert service.process.returncode == 0, service.log_tail()
+        assert '"event": "stopped"' in service.log_tail(), "the worker runtime did not finish its shutdown"
