@@ -127,6 +127,21 @@ class ServiceSpec(_Strict):
 class StackSpec(_Strict):
     servers: list[ServerSpec] = Field(default_factory=list)
     services: list[ServiceSpec] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="extra variables for every service")
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="variables given a random value once per run directory and passed to every service",
+    )
+    publish: dict[str, str] = Field(
+        default_factory=dict, description="endpoints.json entries taken from secrets: entry name -> variable"
+    )
+
+    @model_validator(mode="after")
+    def _published_secrets_exist(self) -> StackSpec:
+        unknown = set(self.publish.values()) - set(self.secrets)
+        if unknown:
+            raise ValueError(f"publish names variables that are not secrets: {', '.join(sorted(unknown))}")
+        return self
 
 
 class Scale(_Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -125,7 +126,21 @@ class Stack:
             env["KATAS_REDIS_SENTINELS"] = ",".join(sentinels)
         env["KATAS_KATA_RUN_DIR"] = str(self.run_dir)
         env["KATAS_MISTAKES"] = ",".join(self.mistakes)
-        return env
+        return {**env, **self.spec.env, **self.secrets()}
+
+    def secrets(self) -> dict[str, str]:
+        """The stack's secrets: made once per run directory, kept in a file only its owner can read, and
+        never in a server's data folder (a pseudonym key must not sit next to the data it protects)."""
+        if not self.spec.secrets:
+            return {}
+        path = self.run_dir / "secrets.json"
+        known: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+        missing = [name for name in self.spec.secrets if name not in known]
+        if missing:
+            known.update({name: secrets.token_urlsafe(32) for name in missing})
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(known, indent=2))
+        return {name: known[name] for name in self.spec.secrets}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> Stack:
@@ -191,6 +206,8 @@ class Stack:
     # -- description -------------------------------------------------------------------------------------
     def endpoints(self) -> dict[str, Any]:
         endpoints: dict[str, Any] = {name: c.endpoint for name, c in self.components.items() if c.endpoint}
+        stack_secrets = self.secrets()
+        endpoints.update({entry: stack_secrets[variable] for entry, variable in self.spec.publish.items()})
         for component in self.components.values():
             extra = component.home / "endpoints.json"
             if extra.is_file():

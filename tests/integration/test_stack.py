@@ -142,3 +142,32 @@ def test_postgres_refuses_a_run_dir_its_user_cannot_enter(run_dir: Path) -> None
     assert not private.stat().st_mode & stat.S_IXOTH
     with pytest.raises(ServerError, match="postgres user cannot enter"):
         PostgresServer("pg", private / "run").start()
+
+
+def test_secrets_are_made_once_per_run_directory_and_published_on_request(run_dir: Path) -> None:
+    spec = StackSpec.model_validate(
+        {
+            "services": [{"name": "webhook", "module": "katas.infra.webhook_receiver"}],
+            "env": {"DEMO_SETTING": "on"},
+            "secrets": ["DEMO_TOKEN", "DEMO_KEY"],
+            "publish": {"token": "DEMO_TOKEN"},
+        }
+    )
+    with Stack("demo", spec, run_dir / "demo") as stack:
+        endpoints = json.loads((run_dir / "demo" / "endpoints.json").read_text())
+        env = stack["webhook"].env
+    assert endpoints["token"] == env["DEMO_TOKEN"]
+    assert "DEMO_KEY" not in json.dumps(endpoints), "only published secrets may reach endpoints.json"
+    assert len(env["DEMO_KEY"]) >= 32
+    assert env["DEMO_SETTING"] == "on"
+    secrets_file = run_dir / "demo" / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    again = Stack("demo", spec, run_dir / "demo")
+    assert again.secrets() == {"DEMO_TOKEN": env["DEMO_TOKEN"], "DEMO_KEY": env["DEMO_KEY"]}, (
+        "a restart keeps them"
+    )
+
+
+def test_publishing_a_variable_that_is_not_a_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="not secrets: NOPE"):
+        StackSpec.model_validate({"secrets": ["A"], "publish": {"a": "NOPE"}})
