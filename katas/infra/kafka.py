@@ -38,7 +38,8 @@ def producer(**overrides: Any) -> AIOKafkaProducer[bytes, bytes]:
     return AIOKafkaProducer(**(options | overrides))
 
 
-def consumer(*topics: str, group: str, **overrides: Any) -> AIOKafkaConsumer[bytes, bytes]:
+def consumer(*topics: str, group: str | None, **overrides: Any) -> AIOKafkaConsumer[bytes, bytes]:
+    """A consumer in `group` that commits only when told to; `group=None` reads without a group."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap(),
         "group_id": group,
