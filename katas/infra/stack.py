@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,7 +127,14 @@ class Stack:
             env["KATAS_REDIS_SENTINELS"] = ",".join(sentinels)
         env["KATAS_KATA_RUN_DIR"] = str(self.run_dir)
         env["KATAS_MISTAKES"] = ",".join(self.mistakes)
-        return {**env, **self.spec.env, **self.secrets()}
+        # `{name}` in a card's env stands for that component's endpoint, e.g. "{webhook}/hooks/siem";
+        # services see the endpoints of what was started before them.
+        started = _Endpoints({name: c.endpoint for name, c in self.components.items() if c.endpoint})
+        extra = {}
+        for key, value in self.spec.env.items():
+            with contextlib.suppress(_NotStartedYetError):
+                extra[key] = value.format_map(started)
+        return {**env, **extra, **self.secrets()}
 
     def secrets(self) -> dict[str, str]:
         """The stack's secrets: made once per run directory, kept in a file only its owner can read, and
@@ -150,8 +158,8 @@ class Stack:
             for server_spec in self.spec.servers:
                 server = self._server(server_spec)
                 self._launch(server, proxied=server_spec.proxied)
-            env = self.client_env()
             for service_spec in self.spec.services:
+                env = self.client_env()
                 service = ServiceProcess(
                     service_spec.name,
                     self.run_dir,
@@ -160,6 +168,16 @@ class Stack:
                     env=env,
                 )
                 self._launch(service, proxied=False)
+            names = {
+                name
+                for value in self.spec.env.values()
+                for _, name, _, _ in string.Formatter().parse(value)
+                if name
+            }
+            if unknown := names - set(self.components):
+                raise StackError(
+                    f"the stack's env refers to {', '.join(sorted(unknown))}, which it does not start"
+                )
         except BaseException:
             self.stop()
             raise
@@ -234,6 +252,15 @@ class Stack:
             "components": [{"name": c.name, "kind": c.kind, "pid": c.pid} for c in self.components.values()],
         }
         _write_json(self.run_dir / "state.json", state)
+
+
+class _NotStartedYetError(KeyError):
+    pass
+
+
+class _Endpoints(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise _NotStartedYetError(key)
 
 
 _S = TypeVar("_S", bound=Server)

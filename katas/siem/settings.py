@@ -48,11 +48,9 @@ class SiemSettings(BaseSettings):
     escalate_after_s: float = 120
     """An alert still unacknowledged this long after it was raised is escalated (and again each time)."""
     escalate_after_repeats: int = 3
+    webhook_url: str = ""
+    """Where alerts are delivered (the stack points it at its webhook receiver)."""
     """An alert that fires this many times is escalated."""
-
-    # Query API (katas.siem.services.query_api): tokens come from the stack's secrets
-    analyst_token: SecretStr = Field(default=SecretStr(""), repr=False)
-    auditor_token: SecretStr = Field(default=SecretStr(""), repr=False)
 
     @field_validator("pseudonym_key")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -192,7 +193,11 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     )
     udp_port = udp.get_extra_info("sockname")[1]
     tcp_port = tcp.sockets[0].getsockname()[1]
-    publish_endpoints(syslog_udp=f"{LOOPBACK}:{udp_port}", syslog_tcp=f"{LOOPBACK}:{tcp_port}")
+    publish_endpoints(
+        syslog_udp=f"{LOOPBACK}:{udp_port}",
+        syslog_tcp=f"{LOOPBACK}:{tcp_port}",
+        http_ingest=f"http://{LOOPBACK}:{os.environ['KATAS_SERVICE_PORT']}",
+    )
     log("listening", syslog_udp=udp_port, syslog_tcp=tcp_port)
 
     async def keep_listening(stop: asyncio.Event) -> None:
