@@ -1,0 +1,1 @@
+"""Adapters of the SIEM kata's domain code to real servers."""
