@@ -182,10 +182,10 @@ def test_unknown_mistake_is_refused(demo_env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        ["up", "siem"],
+        ["up", "ota_fleet"],
         ["status", "sensors"],
         ["chaos", "api_gateway", "kill", "redis"],
-        ["load", "siem"],
+        ["load", "hybrid_deploy"],
         ["check", "dr"],
         ["lab", "ota_fleet"],
     ],
@@ -201,7 +201,7 @@ def test_list_and_card_show_every_kata() -> None:
     assert listing.returncode == 0
     for kata in ("siem", "ota_fleet", "hybrid_deploy", "sensors", "saas_tenancy", "api_gateway", "dr"):
         assert kata in listing.stdout
-    card = katas(dict(os.environ), "card", "siem")
+    card = katas(dict(os.environ), "card", "sensors")
     assert card.returncode == 0
     assert "not built" in card.stdout
     unknown = katas(dict(os.environ), "card", "nope")

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 from katas.infra import kafka
 from katas.infra.clickhouse import ClickHouse
 from katas.infra.s3 import ensure_bucket
-from katas.infra.service import Worker, http_app, log, run_service
+from katas.infra.service import Worker, http_app, log, mistakes, run_service
 from katas.infra.settings import infra_settings
 from katas.siem import lifecycle, storage
 from katas.siem.cold import ColdStore
@@ -52,7 +52,9 @@ class Writer:
 async def build() -> tuple[FastAPI, Sequence[Worker]]:
     settings = SiemSettings()
     ch = ClickHouse(infra_settings().require("clickhouse_url"))
-    await storage.ensure_schema(ch, hot_ttl=timedelta(seconds=settings.hot_ttl_s))
+    no_lifecycle = "no-lifecycle" in mistakes()
+    hot_ttl = timedelta(days=3650) if no_lifecycle else timedelta(seconds=settings.hot_ttl_s)
+    await storage.ensure_schema(ch, hot_ttl=hot_ttl)
     cold = ColdStore.from_settings(settings.cold_bucket)
     await asyncio.to_thread(ensure_bucket, cold.client, settings.cold_bucket)
     await kafka.ensure_topics(TOPIC_PARTITIONS)
@@ -71,6 +73,9 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
         interval = timedelta(seconds=settings.lifecycle_interval_s)
         await lifecycle.run_forever(ch, cold, policy, interval, stop, on_report=report)
 
+    if no_lifecycle:  # the mistake: everything stays in the hot store, forever
+        log("lifecycle_off", reason="mistake no-lifecycle")
+        return http_app("SIEM store"), [write_stream]
     return http_app("SIEM store"), [write_stream, move_to_cold]
 
 
