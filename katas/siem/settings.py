@@ -47,10 +47,8 @@ class SiemSettings(BaseSettings):
     # Correlation and alerts (katas.siem.services.correlator, alerter)
     escalate_after_s: float = 120
     """An alert still unacknowledged this long after it was raised is escalated (and again each time)."""
-    escalate_after_repeats: int = 3
     webhook_url: str = ""
     """Where alerts are delivered (the stack points it at its webhook receiver)."""
-    """An alert that fires this many times is escalated."""
 
     @field_validator("pseudonym_key")
     @classmethod

@@ -1,9 +1,10 @@
 """Alerter: alerts from `siem.alerts`, deduplicated by fingerprint, stored, delivered and escalated.
 
 A fingerprint seen for the first time is stored and delivered to the webhook at once. The same
-fingerprint again is merged into the stored alert (count, last_seen, event ids) without a new page;
-it is escalated, and delivered again, when it has repeated `escalate_after_repeats` times or stayed
-unacknowledged for `escalate_after_s`. The webhook call is retried until it succeeds before the alert's
+fingerprint again is merged into the stored alert (count, last_seen, event ids); while nobody has
+acknowledged it, a repeat escalates it one level and pages again, and so does every `escalate_after_s`
+it stays unacknowledged. (The correlator fires a rule at most once per group and window, so a repeat
+means the attack went on into another window.) The webhook call is retried until it succeeds before the alert's
 offset is committed, so an alert is never lost between the topic and the pager.
 """
 
@@ -68,9 +69,8 @@ class Alerter:
                 await self.deliver(merged, "new")
                 continue
             MERGED.inc()
-            repeats = merged.count // max(self.settings.escalate_after_repeats, 1)
-            if merged.status == "open" and repeats > merged.escalation_level:
-                await self.escalate(merged, repeats, "repeated")
+            if merged.status == "open":  # it fired again and nobody has acknowledged it yet
+                await self.escalate(merged, merged.escalation_level + 1, "repeated")
 
     async def escalate(self, alert: storage.Alert, level: int, why: str) -> None:
         escalated = await storage.escalate_alert(self.ch, alert.fingerprint, level)
