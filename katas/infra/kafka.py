@@ -15,9 +15,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from prometheus_client import Counter
 
+from katas.infra.service import log
 from katas.infra.settings import infra_settings
 
+BATCH_RETRIES = Counter("stage_batch_retries", "batches handled again after their handler failed")
 BatchHandler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
 
@@ -74,11 +77,14 @@ async def consume_batches(
     stop: asyncio.Event,
     *,
     timeout_ms: int = 200,
+    max_backoff_s: float = 5.0,
 ) -> None:
     """Fetch batches until `stop` is set; commit each batch's offsets once `handle` returned.
 
-    If `handle` raises, nothing of the batch is committed and the error propagates, so the service stops
-    and a restart re-delivers the batch.
+    If `handle` raises (a store or the broker is down: stages dead-letter bad input themselves, so what
+    raises here is infrastructure), the same batch is handled again after a backoff, until it succeeds or
+    the service is stopped; nothing of it is committed before. So a stage rides out an outage of what it
+    writes to and recovers by itself, and the outage shows as lag and in `stage_batch_retries_total`.
     """
     await source.start()
     try:
@@ -87,7 +93,19 @@ async def consume_batches(
             records = [record for partition in batches.values() for record in partition]
             if not records:
                 continue
-            await handle(records)
+            backoff = 0.2
+            while True:
+                try:
+                    await handle(records)
+                    break
+                except Exception as exc:
+                    BATCH_RETRIES.inc()
+                    log("batch_failed", error=repr(exc), records=len(records), retry_in_s=backoff)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    if stop.is_set():
+                        return  # uncommitted: the next start handles the batch again
+                    backoff = min(backoff * 2, max_backoff_s)
             await source.commit()
     finally:
         await source.stop()
