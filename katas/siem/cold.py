@@ -5,7 +5,7 @@ as the hot table (`katas.siem.storage.STORED_COLUMNS`), rows sorted by @timestam
 statistics let a reader skip what a time range excludes. Files are written in batches (one per day and
 source per lifecycle run, or per call of `write_events`), never per event.
 
-Searches read these files from ClickHouse itself with the `s3()` table function (`cold_table_function`),
+Searches read these files from ClickHouse itself with the `s3()` table function (`cold_table_functions`),
 so hot and cold are one SQL query; writes and object housekeeping go through the lab's S3 client
 (`katas.infra.s3`), off the event loop.
 """
@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 EVENTS_PREFIX = "events"
-MAX_DAYS_IN_GLOB = 400
-"""A search over more days than this reads every date folder instead of listing the days."""
+MAX_DAY_SOURCES = 120
+"""A search over more days than this reads one glob over every date folder instead of one source per day."""
 ROW_GROUP_ROWS = 128 * 1024
 
 
@@ -125,23 +126,29 @@ def days_between(start: datetime, end: datetime) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def cold_table_function(cold: ColdStore, start: datetime, end: datetime) -> str:
-    """ClickHouse's `s3(...)` over the cold files of the days from `start` to `end` (UTC dates).
-
-    Only the date folders of the range are listed; a search over more than MAX_DAYS_IN_GLOB days reads
-    every folder. The column list is given explicitly, so a range with no files reads as empty.
-    """
-    if (end.date() - start.date()).days >= MAX_DAYS_IN_GLOB:
-        pattern = "*"
-    else:
-        days = days_between(start, end) or [start.date()]
-        pattern = "{" + ",".join(d.isoformat() for d in days) + "}"
+def cold_table_function(cold: ColdStore, pattern: str) -> str:
+    """ClickHouse's `s3(...)` over the cold files under `events/date=<pattern>/`, with the column list
+    given explicitly, so a folder without files reads as empty instead of failing."""
     base = (cold.query_endpoint or cold.endpoint).rstrip("/")
     url = f"{base}/{cold.bucket}/{EVENTS_PREFIX}/date={pattern}/*/*.parquet"
     return (
         f"s3({sql_string(url)}, {sql_string(cold.access_key)}, {sql_string(cold.secret_key)}, "
         f"'Parquet', {sql_string(cold_structure())})"
     )
+
+
+def cold_table_functions(cold: ColdStore, start: datetime, end: datetime) -> list[str]:
+    """The `s3(...)` sources covering the days from `start` to `end` (UTC dates), one per day.
+
+    One per day because ClickHouse lists a glob from the text before its first wildcard: a brace list of
+    days (`date={a,b}`) lists every object under `date=` (measured: 1.24 s against 0.10 s for one day of
+    200 files with 5,800 objects in the bucket). Beyond MAX_DAY_SOURCES days, one glob over all days.
+    """
+    if start > end:
+        return [cold_table_function(cold, start.date().isoformat())]
+    if (end.date() - start.date()).days >= MAX_DAY_SOURCES:
+        return [cold_table_function(cold, "*")]
+    return [cold_table_function(cold, day.isoformat()) for day in days_between(start, end)]
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -216,15 +223,38 @@ async def write_events(cold: ColdStore, events: Iterable[Mapping[str, Any]], nam
 
 
 # ----------------------------------------------------------------------------------------- listing
-async def list_keys(cold: ColdStore, prefix: str) -> list[str]:
-    def _list() -> list[str]:
-        keys: list[str] = []
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    size: int
+    modified: datetime
+
+
+async def list_objects(cold: ColdStore, prefix: str) -> list[ListedObject]:
+    def _list() -> list[ListedObject]:
+        found: list[ListedObject] = []
         paginator = cold.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=cold.bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return keys
+            found.extend(
+                ListedObject(item["Key"], int(item["Size"]), item["LastModified"])
+                for item in page.get("Contents", [])
+            )
+        return found
 
     return await asyncio.to_thread(_list)
+
+
+async def list_keys(cold: ColdStore, prefix: str) -> list[str]:
+    return [listed.key for listed in await list_objects(cold, prefix)]
+
+
+async def list_days(cold: ColdStore) -> list[date]:
+    """The days that have objects in the cold tier.
+
+    From a full listing: s3rver 3.7 answers delimiter listings (CommonPrefixes) with nothing at all.
+    """
+    keys = await list_keys(cold, f"{EVENTS_PREFIX}/date=")
+    return sorted({parsed[0] for key in keys if (parsed := parse_key(key)) is not None})
 
 
 async def delete_keys(cold: ColdStore, keys: Sequence[str]) -> int:
@@ -241,9 +271,109 @@ async def delete_keys(cold: ColdStore, keys: Sequence[str]) -> int:
 
 async def expire_cold(cold: ColdStore, before: date) -> int:
     """Delete every cold object of a day before `before` (the cold retention); returns objects deleted."""
-    keys = await list_keys(cold, f"{EVENTS_PREFIX}/date=")
-    expired = [key for key in keys if (parsed := parse_key(key)) is not None and parsed[0] < before]
-    return await delete_keys(cold, expired)
+    deleted = 0
+    for day in await list_days(cold):
+        if day < before:
+            deleted += await delete_keys(cold, await list_keys(cold, partition_prefix(day)))
+    return deleted
+
+
+# -------------------------------------------------------------------------------------- compaction
+GARBAGE_PREFIX = "_lifecycle/garbage/"
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """Small objects of one (day, source) folder are merged into one once there are `min_objects` of them.
+
+    Every lifecycle run adds an object per (day, source) it moved, and a search pays about a millisecond
+    and a request per object it reads (measured on s3rver), so folders of many small objects make cold
+    searches slow long before their bytes do.
+    """
+
+    min_objects: int = 8
+    target_bytes: int = 64 * 1024 * 1024
+    """Objects this big are left alone, and one merge reads at most about this much."""
+    garbage_grace: timedelta = timedelta(seconds=60)
+    """Merged inputs are deleted this long after the merged object was written, so a search that listed
+    the folder just before the merge can still read them; until then search dedupes the copies."""
+
+
+async def _pending_garbage(cold: ColdStore) -> list[tuple[ListedObject, list[str]]]:
+    def _read(key: str) -> bytes:
+        return cold.client.get_object(Bucket=cold.bucket, Key=key)["Body"].read()
+
+    records = []
+    for listed in await list_objects(cold, GARBAGE_PREFIX):
+        body = await asyncio.to_thread(_read, listed.key)
+        records.append((listed, [str(key) for key in json.loads(body)["keys"]]))
+    return records
+
+
+async def compact_folder(cold: ColdStore, day: date, source: str, policy: CompactionPolicy) -> int:
+    """Merge the small objects of one folder into one (deduped by event id, sorted by time); returns the
+    number of objects merged (0 if the folder has fewer than `min_objects` small ones).
+
+    Crash-safe: the merged object is written and verified first, then a garbage record naming the inputs;
+    the inputs are deleted by `collect_garbage` after the grace. A crash in between leaves duplicates
+    that search dedupes, and the next merge picks the leftovers up again.
+    """
+    doomed = {key for _, keys in await _pending_garbage(cold) for key in keys}
+    listed = await list_objects(cold, partition_prefix(day, source))
+    small = sorted(
+        (
+            o
+            for o in listed
+            if o.size < policy.target_bytes and o.key not in doomed and o.key.endswith(".parquet")
+        ),
+        key=lambda o: o.key,
+    )
+    chosen: list[ListedObject] = []
+    total = 0
+    for candidate in small:
+        if chosen and total + candidate.size > policy.target_bytes:
+            break
+        chosen.append(candidate)
+        total += candidate.size
+    if len(chosen) < max(2, policy.min_objects):
+        return 0
+    keys = [o.key for o in chosen]
+    table = await read_objects(cold, keys)
+    ids = table.column("event_id").to_pylist()
+    first: dict[str, int] = {}
+    for index, event_id in enumerate(ids):
+        first.setdefault(event_id, index)
+    merged = table.take(sorted(first.values())) if len(first) < len(ids) else table
+    name = "c-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    await put_parquet(cold, object_key(day, source, name), merged)
+    record = json.dumps({"merged_into": object_key(day, source, name), "keys": keys}).encode()
+    await asyncio.to_thread(
+        cold.client.put_object, Bucket=cold.bucket, Key=f"{GARBAGE_PREFIX}{name}.json", Body=record
+    )
+    return len(keys)
+
+
+async def compact_cold(cold: ColdStore, days: Iterable[date], policy: CompactionPolicy) -> int:
+    """Compact every folder of the given days; returns the number of objects merged."""
+    merged = 0
+    for day in sorted(set(days)):
+        sources = {
+            parsed[1] for key in await list_keys(cold, partition_prefix(day)) if (parsed := parse_key(key))
+        }
+        for source in sorted(sources):
+            merged += await compact_folder(cold, day, source, policy)
+    return merged
+
+
+async def collect_garbage(cold: ColdStore, grace: timedelta, *, now: datetime | None = None) -> int:
+    """Delete the inputs of merges older than `grace`, then their records; returns objects deleted."""
+    moment = now or datetime.now(UTC)
+    deleted = 0
+    for listed, keys in await _pending_garbage(cold):
+        if moment - listed.modified >= grace:
+            deleted += await delete_keys(cold, keys)
+            await delete_keys(cold, [listed.key])
+    return deleted
 
 
 async def read_objects(cold: ColdStore, keys: Sequence[str]) -> pa.Table:

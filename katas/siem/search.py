@@ -1,15 +1,16 @@
-"""Investigation search across the hot table and the cold Parquet files, in one ClickHouse query each.
+"""Investigation search across the hot table and the cold Parquet files, through ClickHouse.
 
 A search is a time range [from, to), optional free text (case-insensitive substring of any value of the
 normalized event, the message included; key names do not match) and field filters on the typed columns
 (several values of one field match any of them; different fields must all match). Results are distinct
 by event id, newest first, at most `limit`; `total` counts distinct matching event ids in both tiers.
 
-Two queries, both over `hot UNION ALL cold`:
-1. `uniqExact(event_id)` and the newest (timestamp, event id) pairs (`groupArraySorted`), reading only
-   the narrow columns the predicates need;
-2. the stored events of that page, restricted to the page's time span, so the wide JSON column is read
-   for the page only.
+Two queries:
+1. over `hot UNION ALL cold` (one s3() source per day of the range): `uniqExact(event_id)` and the
+   newest (timestamp, event id, object path) triples (`groupArraySorted`), reading only the narrow
+   columns the predicates need;
+2. the stored events of that page: hot ones by id within the page's time span, cold ones from exactly
+   the objects query 1 found them in, so the wide JSON column is read for the page only.
 Duplicates (redeliveries not yet merged, an event in both tiers while the lifecycle moves it) are removed
 by event id in both steps; the page is fetched with room to spare and refetched in the rare case that
 duplicates ate into it.
@@ -27,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from katas.infra.clickhouse import ClickHouse
-from katas.siem.cold import ColdStore, cold_table_function
+from katas.siem.cold import ColdStore, cold_table_function, cold_table_functions
 from katas.siem.storage import EVENTS_TABLE, FILTER_FIELDS, sql_literal, sql_string
 
 MAX_QUERY_LENGTH = 256
@@ -133,13 +134,23 @@ def where_clause(query: SearchQuery) -> str:
 
 
 def _union(columns: str, where: str, cold: ColdStore | None, start: datetime, end: datetime) -> str:
-    hot = f"SELECT {columns} FROM {EVENTS_TABLE} WHERE {where}"
-    if cold is None:
-        return hot
-    return f"{hot} UNION ALL SELECT {columns} FROM {cold_table_function(cold, start, end)} WHERE {where}"
+    """`hot UNION ALL cold` of `columns` plus `path`: '' for a hot row, the object's path for a cold one."""
+    branches = [f"SELECT {columns}, '' AS path FROM {EVENTS_TABLE} WHERE {where}"]
+    if cold is not None:
+        branches += [
+            f"SELECT {columns}, _path AS path FROM {source} WHERE {where}"
+            for source in cold_table_functions(cold, start, end)
+        ]
+    return " UNION ALL ".join(branches)
 
 
 _SETTINGS = " SETTINGS use_hive_partitioning = 0"
+
+
+@dataclass(frozen=True)
+class _Hit:
+    ms: int
+    path: str
 
 
 async def search(ch: ClickHouse, cold: ColdStore | None, query: SearchQuery) -> SearchResult:
@@ -149,15 +160,15 @@ async def search(ch: ClickHouse, cold: ColdStore | None, query: SearchQuery) -> 
     while True:
         rows = await ch.rows(
             "SELECT uniqExact(event_id) AS total, "
-            f"groupArraySorted({fetch})((-toUnixTimestamp64Milli(timestamp), event_id)) AS top "
+            f"groupArraySorted({fetch})((-toUnixTimestamp64Milli(timestamp), event_id, path)) AS top "
             f"FROM ({_union('timestamp, event_id', where, cold, query.start, query.end)}){_SETTINGS}"
         )
         total = int(rows[0]["total"]) if rows else 0
         top: list[list[Any]] = rows[0]["top"] if rows else []
-        page: dict[str, int] = {}
-        for negative_ms, event_id in top:
-            if event_id not in page:
-                page[event_id] = -int(negative_ms)
+        page: dict[str, _Hit] = {}
+        for negative_ms, event_id, path in top:
+            if event_id not in page:  # the newest copy; at equal times the hot one ('' sorts first)
+                page[event_id] = _Hit(-int(negative_ms), path)
             if len(page) == query.limit:
                 break
         if len(page) == query.limit or len(top) < fetch:
@@ -169,15 +180,42 @@ async def search(ch: ClickHouse, cold: ColdStore | None, query: SearchQuery) -> 
 
 
 async def _fetch_events(
-    ch: ClickHouse, cold: ColdStore | None, page: Mapping[str, int]
+    ch: ClickHouse, cold: ColdStore | None, page: Mapping[str, _Hit]
 ) -> list[dict[str, Any]]:
-    """The stored events of a page (event id -> epoch ms), in page order."""
-    first, last = _from_ms(min(page.values())), _from_ms(max(page.values()))
-    ids = ", ".join(sql_string(event_id) for event_id in page)
-    where = f"timestamp >= {sql_literal(first)} AND timestamp <= {sql_literal(last)} AND event_id IN ({ids})"
+    """The stored events of a page, in page order: hot ones by id within the page's time span, cold ones
+    from exactly the objects the first query found them in (a `_path` filter skips every other file)."""
+    hot = {event_id: hit for event_id, hit in page.items() if not hit.path}
+    by_day: dict[str, dict[str, _Hit]] = {}
+    for event_id, hit in page.items():
+        if hit.path:
+            by_day.setdefault(_from_ms(hit.ms).date().isoformat(), {})[event_id] = hit
+    branches = []
+    if hot:
+        branches.append(
+            f"SELECT event_id, event_json FROM {EVENTS_TABLE} WHERE {_span(hot)} AND event_id IN ({_list(hot)})"
+        )
+    if cold is not None:
+        for day, hits in sorted(by_day.items()):
+            paths = ", ".join(sql_string(path) for path in sorted({hit.path for hit in hits.values()}))
+            branches.append(
+                f"SELECT event_id, event_json FROM {cold_table_function(cold, day)} "
+                f"WHERE _path IN ({paths}) AND event_id IN ({_list(hits)})"
+            )
+    if not branches:
+        return []
     rows = await ch.rows(
-        "SELECT event_id, any(event_json) AS event_json "
-        f"FROM ({_union('event_id, event_json', where, cold, first, last)}) GROUP BY event_id{_SETTINGS}"
+        f"SELECT event_id, any(event_json) AS event_json FROM ({' UNION ALL '.join(branches)}) "
+        f"GROUP BY event_id{_SETTINGS}"
     )
     stored = {row["event_id"]: row["event_json"] for row in rows}
     return [json.loads(stored[event_id]) for event_id in page if event_id in stored]
+
+
+def _span(hits: Mapping[str, _Hit]) -> str:
+    first = min(hit.ms for hit in hits.values())
+    last = max(hit.ms for hit in hits.values())
+    return f"timestamp >= {sql_literal(_from_ms(first))} AND timestamp <= {sql_literal(_from_ms(last))}"
+
+
+def _list(hits: Mapping[str, _Hit]) -> str:
+    return ", ".join(sql_string(event_id) for event_id in hits)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from katas.infra.clickhouse import ClickHouse
 from katas.infra.servers import ChdbStore, S3rverServer
 from katas.siem import cold as cold_tier
-from katas.siem.cold import ColdStore
+from katas.siem.cold import ColdStore, CompactionPolicy
 from katas.siem.lifecycle import (
     JOURNAL_KEY,
     LifecycleError,
@@ -263,6 +263,38 @@ async def test_cold_retention_expires_whole_old_days(ch: ClickHouse, cold: ColdS
         date(2024, 1, 2),
         "a/b",
     )
+
+
+async def test_compaction_merges_small_objects_without_losing_or_duplicating(
+    ch: ClickHouse, cold: ColdStore
+) -> None:
+    now = datetime.now(UTC)
+    day = (now - timedelta(days=3)).replace(hour=12)
+    batches = [
+        [make_event(10 * b + n, day + timedelta(minutes=10 * b + n)) for n in range(10)] for b in range(9)
+    ]
+    for b, events in enumerate(batches):
+        await cold_tier.write_events(cold, events, f"run-{b}")
+    await cold_tier.write_events(cold, batches[0][:5], "redelivered")  # a copy of five events
+    expected = sorted(e["event.id"] for events in batches for e in events)
+    folder = cold_tier.partition_prefix(day.date(), "fw-1")
+    policy = CompactionPolicy(min_objects=4, garbage_grace=timedelta(0))
+
+    merged = await cold_tier.compact_folder(cold, day.date(), "fw-1", policy)
+    assert merged == 10
+    # Crash before the garbage record was acted on: inputs and the merged object coexist...
+    assert len(await cold_tier.list_keys(cold, folder)) == 11
+    assert sorted(await searched_ids(ch, cold)) == expected  # ...and each event is returned once
+    assert (
+        await cold_tier.compact_folder(cold, day.date(), "fw-1", policy) == 0
+    )  # inputs are not merged twice
+    assert await cold_tier.collect_garbage(cold, policy.garbage_grace) == 10
+    (only,) = await cold_tier.list_keys(cold, folder)
+    table = await cold_tier.read_objects(cold, [only])
+    assert sorted(table.column("event_id").to_pylist()) == expected
+    assert table.column("timestamp").to_pylist() == sorted(table.column("timestamp").to_pylist())
+    assert sorted(await searched_ids(ch, cold)) == expected
+    assert await cold_tier.list_keys(cold, cold_tier.GARBAGE_PREFIX) == []
 
 
 # ---------------------------------------------------------------------------------------------- alerts
