@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -93,19 +94,29 @@ async def consume_batches(
             records = [record for partition in batches.values() for record in partition]
             if not records:
                 continue
-            backoff = 0.2
-            while True:
-                try:
-                    await handle(records)
-                    break
-                except Exception as exc:
-                    BATCH_RETRIES.inc()
-                    log("batch_failed", error=repr(exc), records=len(records), retry_in_s=backoff)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), backoff)
-                    if stop.is_set():
-                        return  # uncommitted: the next start handles the batch again
-                    backoff = min(backoff * 2, max_backoff_s)
-            await source.commit()
+            if not await _until_done(functools.partial(handle, records), stop, max_backoff_s, "batch_failed"):
+                return  # stopping: the batch is uncommitted, so the next start handles it again
+            # The commit can fail too (tansu keeps offsets in its object store): retry it, never exit.
+            if not await _until_done(source.commit, stop, max_backoff_s, "commit_failed"):
+                return
     finally:
         await source.stop()
+
+
+async def _until_done(
+    attempt: Callable[[], Awaitable[object]], stop: asyncio.Event, max_backoff_s: float, event: str
+) -> bool:
+    """Run `attempt` until it succeeds (True) or the service is stopping (False), backing off between."""
+    backoff = 0.2
+    while True:
+        try:
+            await attempt()
+            return True
+        except Exception as exc:
+            BATCH_RETRIES.inc()
+            log(event, error=repr(exc), retry_in_s=backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            if stop.is_set():
+                return False
+            backoff = min(backoff * 2, max_backoff_s)

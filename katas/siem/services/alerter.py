@@ -83,10 +83,13 @@ class Alerter:
         limit = timedelta(seconds=self.settings.escalate_after_s)
         while not stop.is_set():
             now = datetime.now(UTC)
-            for alert in await storage.list_alerts(self.ch, status="open", limit=1000):
-                due = int((now - alert.first_seen) / limit)
-                if due > alert.escalation_level:
-                    await self.escalate(alert, due, "unacknowledged")
+            try:
+                for alert in await storage.list_alerts(self.ch, status="open", limit=1000):
+                    due = int((now - alert.first_seen) / limit)
+                    if due > alert.escalation_level:
+                        await self.escalate(alert, due, "unacknowledged")
+            except Exception as exc:  # the store is down: try again on the next round, never exit
+                log("escalation_round_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), min(5.0, limit.total_seconds()))
 

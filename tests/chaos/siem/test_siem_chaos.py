@@ -66,10 +66,11 @@ DRAIN_TIMEOUT_S = 60
 VICTIMS = ["normalizer", "store", "correlator", "chdb", "kafka", "s3"]
 WORKERS_THAT_EXIT_ON_A_BACKEND_ERROR = {
     "chdb": (
-        "the alerter's escalation loop (katas/siem/services/alerter.py, escalate_unacknowledged) calls "
-        "storage.list_alerts with no guard, so a ClickHouse ConnectError while the store owner is down "
-        "ends the worker; katas/infra/service.py _guarded then exits the whole service and nothing in "
-        "the stack starts it again"
+        "the alerter's escalation loop (katas/siem/services/alerter.py, escalate_unacknowledged: "
+        "storage.list_alerts) and the store's lifecycle worker (katas/siem/lifecycle.py run_forever: "
+        "run_lifecycle) have no guard, so a ClickHouse ConnectError while the store owner is down ends "
+        "the worker; katas/infra/service.py _guarded then exits the whole service and nothing in the "
+        "stack starts it again; timing-dependent (each polls every few seconds)"
     ),
     "s3": (
         "while its object store is down tansu answers OffsetCommit with UnknownError, and "
@@ -383,10 +384,10 @@ async def _search_total(endpoints: dict[str, Any], run: str, begun: float) -> in
 
 # ----------------------------------------------------------------------------------------- the proofs
 KNOWN_LOSS = {
-    "chdb": "open defect: after a SIGKILL of the chDB store owner, events it had acknowledged were missing "
-    "(648 of ~1,800 in one run); not yet known whether chDB loses inserted parts or the test drains too early",
-    "kafka": "open defect: after a SIGKILL of tansu, a few dozen acknowledged events were never stored "
-    "(36 in one run); tests/chaos/test_broker_chaos.py shows none lost at the broker alone",
+    "chdb": "seen once (648 acknowledged events missing) in a run during which another process deleted part of "
+    "the test's run directory; not reproduced in later runs (XPASS): remove this mark after a clean rerun",
+    "kafka": "seen once (36 acknowledged events missing) in that same disturbed run; not reproduced in later "
+    "runs (XPASS): remove this mark after a clean rerun",
 }
 
 
