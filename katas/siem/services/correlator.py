@@ -21,12 +21,12 @@ from fastapi import FastAPI
 from prometheus_client import Counter
 
 from katas.infra import kafka
-from katas.infra.service import Worker, http_app, log, mistakes, run_service
+from katas.infra.service import Worker, http_app, mistakes, run_service
 from katas.infra.settings import infra_settings
 from katas.siem.adapters.redis_windows import RedisWindowStore
 from katas.siem.correlation import CorrelationEngine, InMemoryWindowStore, WindowStore
 from katas.siem.detection import Detector, load_rules
-from katas.siem.normalize import NormalizedEvent
+from katas.siem.services.events import read_events
 from katas.siem.topics import ALERTS, EVENTS, TOPIC_PARTITIONS
 
 EVENTS_SEEN = Counter("correlate_events", "normalized events evaluated")
@@ -41,12 +41,7 @@ class Correlator:
         self.producer = kafka.producer(linger_ms=0)  # an alert waits for nothing
 
     async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        events = []
-        for record in records:
-            try:
-                events.append(NormalizedEvent.from_json(record.value or b"").fields)
-            except ValueError as exc:
-                log("unreadable_event", offset=record.offset, partition=record.partition, error=str(exc))
+        events = read_events(records)
         EVENTS_SEEN.inc(len(events))
         matches = self.detector.match(events)  # its SQLite connection belongs to this thread
         MATCHES.inc(len(matches))

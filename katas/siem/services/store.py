@@ -23,7 +23,7 @@ from katas.infra.service import Worker, http_app, log, mistakes, run_service
 from katas.infra.settings import infra_settings
 from katas.siem import lifecycle, storage
 from katas.siem.cold import ColdStore
-from katas.siem.normalize import NormalizedEvent
+from katas.siem.services.events import read_events
 from katas.siem.settings import SiemSettings
 from katas.siem.topics import EVENTS, TOPIC_PARTITIONS
 
@@ -38,13 +38,8 @@ class Writer:
         self.batch_max = batch_max
 
     async def handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        events = []
-        for record in records:
-            try:
-                events.append(NormalizedEvent.from_json(record.value or b"").fields)
-            except ValueError as exc:  # only the normalizer writes here; say so loudly, never crash
-                UNREADABLE.inc()
-                log("unreadable_event", offset=record.offset, partition=record.partition, error=str(exc))
+        events = read_events(records)
+        UNREADABLE.inc(len(records) - len(events))
         for start in range(0, len(events), self.batch_max):
             STORED.inc(await storage.insert_events(self.ch, events[start : start + self.batch_max]))
 
