@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,11 +28,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
     """A run directory every server can reach: PostgreSQL runs as its own user, and pytest's own
-    tmp_path sits under a folder only root may enter."""
+    tmp_path sits under a folder only root may enter. KATAS_KEEP_RUN_DIRS=1 keeps it (and the servers'
+    logs in it) after the test, for a post-mortem."""
     path = Path(tempfile.mkdtemp(prefix="katas-test-"))
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -568,6 +568,9 @@ class S3rverServer(Server):
             raise FileNotFoundError(f"s3rver is not installed in {NODE_PACKAGES_DIR}: run `make setup`")
         argv = [
             _which("node"),
+            # s3rver encrypts its listing continuation tokens with DES, which OpenSSL 3 keeps in its
+            # legacy provider: without it every listing longer than 1,000 keys fails.
+            "--openssl-legacy-provider",
             str(script),
             "-d",
             str(self.home / "data"),

@@ -10,8 +10,11 @@
 // 2. Atomic, acknowledged-after-written objects. s3rver writes an object straight to its final path and
 //    answers before the file is written, so a crash could lose an acknowledged object or leave half of
 //    one (which a conditional create then refuses to replace). Objects are written to a temporary file,
-//    which is renamed into place once written, before the answer. This survives a crash of the process
-//    (the lab's chaos), not a power cut: there is no fsync.
+//    which is renamed into place once written, before the answer. Their metadata and MD5 files are
+//    written the same way: s3rver truncated and rewrote them in place, and a kill in that window left
+//    an empty metadata file that made every later listing of the bucket fail (JSON.parse), which stopped
+//    tansu from serving any fetch. This survives a crash of the process (the lab's chaos), not a power
+//    cut: there is no fsync.
 //
 // Usage: node s3rver-katas.js -d DIR -a ADDRESS -p PORT [--bucket NAME]... [--silent]
 'use strict';
@@ -23,6 +26,7 @@ const path = require('path');
 const { pipeline, Transform } = require('stream');
 const S3rver = require('s3rver');
 const FilesystemStore = require('s3rver/lib/stores/filesystem');
+const S3Object = require('s3rver/lib/models/object');
 
 function parseArgs(argv) {
   const opts = { directory: null, address: '127.0.0.1', port: 4568, silent: false, buckets: [] };
@@ -95,11 +99,37 @@ function conditionalWrites(store) {
   };
 }
 
+const temporaryPathFor = finalPath => `${finalPath}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`;
+
+async function writeFileAtomically(finalPath, data) {
+  const tmpPath = temporaryPathFor(finalPath);
+  try {
+    await fsp.writeFile(tmpPath, data);
+    await fsp.rename(tmpPath, finalPath);
+  } catch (err) {
+    await fsp.rm(tmpPath, { force: true });
+    throw err;
+  }
+}
+
+// s3rver's putMetadata (lib/stores/filesystem.js), with its two writes made atomic.
+function atomicPutMetadata() {
+  return async function putMetadata(bucket, key, metadata, md5) {
+    const json = Object.fromEntries(
+      Object.entries(metadata).filter(
+        ([name]) => S3Object.ALLOWED_METADATA.includes(name) || name.startsWith('x-amz-meta-'),
+      ),
+    );
+    if (md5) await writeFileAtomically(this.getResourcePath(bucket, key, 'object.md5'), md5);
+    await writeFileAtomically(this.getResourcePath(bucket, key, 'metadata.json'), JSON.stringify(json, null, 2));
+  };
+}
+
 function atomicPutObject() {
   return async function putObject(object) {
     const objectPath = this.getResourcePath(object.bucket, object.key, 'object');
     const md5Path = this.getResourcePath(object.bucket, object.key, 'object.md5');
-    const tmpPath = `${objectPath}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`;
+    const tmpPath = temporaryPathFor(objectPath);
     await fsp.mkdir(path.dirname(objectPath), { recursive: true });
     const md5Context = crypto.createHash('md5');
     let size = 0;
@@ -137,6 +167,7 @@ function atomicPutObject() {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   FilesystemStore.prototype.putObject = atomicPutObject();
+  FilesystemStore.prototype.putMetadata = atomicPutMetadata();
   const server = new S3rver({
     directory: opts.directory,
     address: opts.address,
