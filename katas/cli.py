@@ -230,20 +230,31 @@ def chaos(
 
 
 # -------------------------------------------------------------------------------------- load and check
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+"""`katas load|check <kata> ...`: every option, --help included, belongs to the kata's own module."""
+
+
+def run_kata_module(kata: str, args: list[str], name: str, what: str) -> NoReturn:
+    if kata in ("--help", "-h"):
+        console.print(
+            f"usage: katas {name} KATA [OPTIONS]; `katas {name} KATA --help` lists the kata's options"
+        )
+        raise typer.Exit(0)
+    card = built_card_or_fail(kata, name)
+    run: Callable[[list[str]], int] = kata_module(card, name, what).main
+    raise typer.Exit(run(args))
+
+
+@app.command(context_settings=PASS_THROUGH)
 def load(ctx: typer.Context, kata: str) -> None:
     """Drive the kata's load generator against the running kata (options are the generator's own)."""
-    card = built_card_or_fail(kata, "load")
-    run: Callable[[list[str]], int] = kata_module(card, "load", "load generator").main
-    raise typer.Exit(run(list(ctx.args)))
+    run_kata_module(kata, list(ctx.args), "load", "load generator")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings=PASS_THROUGH)
 def check(ctx: typer.Context, kata: str) -> None:
     """Measure every NFR at the miniature target and write the scorecard (options are the check's own)."""
-    card = built_card_or_fail(kata, "check")
-    run: Callable[[list[str]], int] = kata_module(card, "check", "NFR check").main
-    raise typer.Exit(run(list(ctx.args)))
+    run_kata_module(kata, list(ctx.args), "check", "NFR check")
 
 
 @bench_app.command("infra")

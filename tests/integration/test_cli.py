@@ -207,3 +207,21 @@ def test_list_and_card_show_every_kata() -> None:
     unknown = katas(dict(os.environ), "card", "nope")
     assert unknown.returncode == 1
     assert "unknown kata 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize(("command", "option"), [("load", "--profile"), ("check", "--short")])
+def test_load_and_check_pass_help_and_options_to_the_kata(command: str, option: str) -> None:
+    own = katas(dict(os.environ), command, "siem", "--help")
+    assert own.returncode == 0, own.stderr
+    assert f"usage: katas {command} siem" in own.stdout
+    assert option in own.stdout
+    general = katas(dict(os.environ), command, "--help")
+    assert general.returncode == 0
+    assert f"katas {command} KATA --help" in general.stdout
+
+
+def test_load_without_a_running_stack_says_how_to_start_it() -> None:
+    not_running = katas(dict(os.environ), "load", "siem", "--endpoints", "/nonexistent/endpoints.json")
+    assert not_running.returncode == 3
+    assert "the SIEM stack is not running" in not_running.stderr
+    assert "katas up siem" in not_running.stderr
