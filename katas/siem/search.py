@@ -38,7 +38,8 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
-"""The range of ClickHouse's DateTime64(3): a search's times are clamped to it."""
+"""A search's times are clamped to the DateTime64 range every ClickHouse version accepts (chDB 4.4 takes
+years 1 to 9999, older servers 1900 to 2299)."""
 
 
 class SearchError(ValueError):

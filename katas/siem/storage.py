@@ -169,7 +169,7 @@ def parse_time(value: str | float | int | datetime) -> datetime:
 def ch_time(moment: datetime) -> str:
     """ClickHouse's text form of a DateTime64(3, 'UTC') value."""
     moment = parse_time(moment)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    return f"{moment.year:04d}-{moment:%m-%d %H:%M:%S}.{moment.microsecond // 1000:03d}"
 
 
 def from_ch_time(text: str) -> datetime:
@@ -180,7 +180,7 @@ def from_ch_time(text: str) -> datetime:
 def rfc3339(moment: datetime) -> str:
     """RFC 3339 UTC with milliseconds, as the normalized events carry it."""
     moment = parse_time(moment)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
 # --------------------------------------------------------------------------------------------- schema

@@ -30,6 +30,7 @@ from katas.siem.topics import EVENTS, TOPIC_PARTITIONS
 STORED = Counter("store_events", "normalized events inserted into the hot store")
 UNREADABLE = Counter("store_unreadable", "records on siem.events that were not normalized events")
 MOVED = Counter("store_moved_to_cold", "events moved from the hot store to Parquet")
+LIFECYCLE_FAILURES = Counter("store_lifecycle_failures", "lifecycle runs that failed and wait for the next")
 
 
 class Writer:
@@ -64,9 +65,16 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
             MOVED.inc(result.rows_moved)
             log("moved_to_cold", rows=result.rows_moved, objects=result.objects_written)
 
+    def report_failure(error: Exception) -> None:
+        # The hot or cold store is down: the journal makes the next run finish or redo this one.
+        LIFECYCLE_FAILURES.inc()
+        log("lifecycle_failed", error=f"{type(error).__name__}: {error}")
+
     async def move_to_cold(stop: asyncio.Event) -> None:
         interval = timedelta(seconds=settings.lifecycle_interval_s)
-        await lifecycle.run_forever(ch, cold, policy, interval, stop, on_report=report)
+        await lifecycle.run_forever(
+            ch, cold, policy, interval, stop, on_report=report, on_error=report_failure
+        )
 
     if no_lifecycle:  # the mistake: everything stays in the hot store, forever
         log("lifecycle_off", reason="mistake no-lifecycle")
