@@ -16,8 +16,7 @@ started again. Afterwards, once the pipeline has drained, the test proves:
   kill arrive that soon);
 - no other component went down because of the fault. When one did (it exited on a transient error of the
   victim), it is started again by the test, the way an orchestrator's restart policy would, so the
-  durability proof still runs; the crash itself is reported by its own test, marked xfail where the
-  services are known not to survive it.
+  durability proof still runs; the crash itself fails its own test.
 """
 
 from __future__ import annotations
@@ -64,21 +63,6 @@ RECOVERY_LIMIT_S = 20
 katas.infra.kafka.consumer), and a Python service needs ~2 s to boot on two cores: 4-9 s measured."""
 DRAIN_TIMEOUT_S = 60
 VICTIMS = ["normalizer", "store", "correlator", "chdb", "kafka", "s3"]
-WORKERS_THAT_EXIT_ON_A_BACKEND_ERROR = {
-    "chdb": (
-        "the alerter's escalation loop (katas/siem/services/alerter.py, escalate_unacknowledged: "
-        "storage.list_alerts) and the store's lifecycle worker (katas/siem/lifecycle.py run_forever: "
-        "run_lifecycle) have no guard, so a ClickHouse ConnectError while the store owner is down ends "
-        "the worker; katas/infra/service.py _guarded then exits the whole service and nothing in the "
-        "stack starts it again; timing-dependent (each polls every few seconds)"
-    ),
-    "s3": (
-        "was: tansu answers OffsetCommit with UnknownError while its object store is down, and "
-        "consume_batches committed outside its retry loop, so a stage exited; commits are retried since "
-        "the end of the 2026-11-29 session (XPASS since): remove this mark after a clean rerun"
-    ),
-}
-
 MARKER = re.compile(rb"chaosmark-[0-9a-f]+-\d{6}")
 
 
@@ -382,21 +366,7 @@ async def _search_total(endpoints: dict[str, Any], run: str, begun: float) -> in
 
 
 # ----------------------------------------------------------------------------------------- the proofs
-KNOWN_LOSS = {
-    "chdb": "seen once (648 acknowledged events missing) in a run during which another process deleted part of "
-    "the test's run directory; not reproduced in later runs (XPASS): remove this mark after a clean rerun",
-    "kafka": "seen once (36 acknowledged events missing) in that same disturbed run; not reproduced in later "
-    "runs (XPASS): remove this mark after a clean rerun",
-}
-
-
-def _durability_case(victim: str) -> Any:
-    if victim in KNOWN_LOSS:
-        return pytest.param(victim, marks=pytest.mark.xfail(reason=KNOWN_LOSS[victim], strict=False))
-    return victim
-
-
-@pytest.mark.parametrize("victim", [_durability_case(v) for v in VICTIMS])
+@pytest.mark.parametrize("victim", VICTIMS)
 def test_nothing_acknowledged_is_lost_or_doubled_and_the_pipeline_recovers(siem: Siem, victim: str) -> None:
     outcome = outcome_of(siem, victim)
     acked = len(outcome.acked_good) + len(outcome.acked_bad)
@@ -437,14 +407,7 @@ def test_nothing_acknowledged_is_lost_or_doubled_and_the_pipeline_recovers(siem:
         )
 
 
-def _no_other_component_goes_down(victim: str) -> Any:
-    reason = WORKERS_THAT_EXIT_ON_A_BACKEND_ERROR.get(victim)
-    if reason is None:
-        return victim
-    return pytest.param(victim, marks=pytest.mark.xfail(reason=reason, strict=False))
-
-
-@pytest.mark.parametrize("victim", [_no_other_component_goes_down(v) for v in VICTIMS])
+@pytest.mark.parametrize("victim", VICTIMS)
 def test_no_other_component_goes_down_with_the_victim(siem: Siem, victim: str) -> None:
     outcome = outcome_of(siem, victim)
     assert not outcome.crashed, (
