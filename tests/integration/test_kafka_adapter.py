@@ -1,9 +1,11 @@
-"""The consume-process-commit loop on a real broker: a failed batch is handled again, and offsets are
-committed only after the handler succeeded."""
+"""The consume-process-commit loop on a real broker: a failed batch is handled again, offsets are
+committed only after the handler succeeded, and commits held back between intervals are made on a stop
+and re-delivered after a crash."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -76,26 +78,69 @@ async def _scenario() -> None:
     assert sorted(first) == sorted(f"e{i}".encode() for i in range(50)), (
         "a failed batch must be handled again"
     )
-    again = await asyncio.wait_for(_drain_nothing("stage"), 30)
+    again = await asyncio.wait_for(_drain_nothing_from("stage", "events"), 30)
     assert again == [], "a handled batch must be committed"
 
 
-async def _drain_nothing(group: str) -> list[bytes]:
+def test_offsets_are_committed_only_after_the_handler(broker: str) -> None:
+    asyncio.run(_scenario())
+
+
+async def _handle_all_then(group: str, topic: str, expected: int, *, crash: bool) -> list[bytes]:
+    """Handle every record with commits held back for an hour; then crash (cancel) or stop gracefully."""
+    seen: list[bytes] = []
+    stop = asyncio.Event()
+    all_handled = asyncio.Event()
+
+    async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        seen.extend(r.value for r in records if r.value is not None)
+        if len(seen) >= expected:
+            all_handled.set()
+
+    source = kafka.consumer(topic, group=group)
+    worker = asyncio.create_task(kafka.consume_batches(source, handle, stop, commit_every_s=3600))
+    await asyncio.wait_for(all_handled.wait(), 60)
+    if crash:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    else:
+        stop.set()
+        await worker
+    return seen
+
+
+async def _throttled_scenario() -> None:
+    await kafka.ensure_topics({"throttled": 2})
+    producer = kafka.producer()
+    await producer.start()
+    try:
+        for i in range(20):
+            await producer.send("throttled", f"t{i}".encode(), key=str(i % 4).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    crashed = await _handle_all_then("throttle", "throttled", 20, crash=True)
+    redelivered = await _handle_all_then("throttle", "throttled", 20, crash=False)
+    left = await asyncio.wait_for(_drain_nothing_from("throttle", "throttled"), 30)
+
+    assert len(crashed) == 20
+    assert sorted(redelivered) == sorted(crashed), "what a crash left uncommitted must be handled again"
+    assert left == [], "a graceful stop must commit what was handled"
+
+
+async def _drain_nothing_from(group: str, topic: str) -> list[bytes]:
     seen: list[bytes] = []
     stop = asyncio.Event()
 
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         seen.extend(r.value for r in records if r.value is not None)
 
-    async def stop_soon() -> None:
-        await asyncio.sleep(8)
-        stop.set()
-
-    timer = asyncio.create_task(stop_soon())
-    await kafka.consume_batches(kafka.consumer("events", group=group), handle, stop)
-    await timer
+    asyncio.get_running_loop().call_later(8, stop.set)
+    await kafka.consume_batches(kafka.consumer(topic, group=group), handle, stop)
     return seen
 
 
-def test_offsets_are_committed_only_after_the_handler(broker: str) -> None:
-    asyncio.run(_scenario())
+def test_held_back_commits_redeliver_after_a_crash_and_are_made_on_a_stop(broker: str) -> None:
+    asyncio.run(_throttled_scenario())
