@@ -210,3 +210,30 @@ def octet_frame(message: bytes) -> bytes:
 def split_datagram(datagram: bytes) -> bytes:
     """One UDP datagram holds one syslog message (RFC 5426); senders often add a trailing newline or NUL."""
     return datagram.rstrip(b"\r\n\x00")
+
+
+_MONTHS = frozenset(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
+_HEADER_BYTES = 300
+"""A syslog header (PRI, timestamp, host name) fits in this many bytes (RFC 5424 caps HOSTNAME at 255)."""
+
+
+def syslog_hostname(message: bytes) -> bytes | None:
+    """The HOSTNAME of a syslog message's header (RFC 5424 or RFC 3164), or None when there is none.
+
+    Ingest keys the raw topic by source; behind one relay, or in the lab where every device sends from
+    127.0.0.1, the peer address alone would put every syslog device on one partition. Only the header is
+    looked at, and nothing here can fail: a message without a recognisable header keeps the peer's key.
+    """
+    if not message.startswith(b"<"):
+        return None
+    close = message.find(b">", 1, 5)
+    if close < 2 or not message[1:close].isdigit():
+        return None
+    fields = message[close + 1 : close + 1 + _HEADER_BYTES].split(maxsplit=4)
+    if len(fields) >= 3 and fields[0] == b"1":  # RFC 5424: VERSION TIMESTAMP HOSTNAME ...
+        host = fields[2]
+    elif len(fields) >= 4 and fields[0] in _MONTHS:  # RFC 3164: Mmm dd hh:mm:ss HOSTNAME ...
+        host = fields[3]
+    else:
+        return None
+    return None if host == b"-" else host

@@ -31,6 +31,8 @@ class SiemSettings(BaseSettings):
     """Largest HTTP batch accepted; a bigger one is refused with 413."""
     max_in_flight: int = 20_000
     """Events sent to the broker and not yet acknowledged, above which ingest pushes back."""
+    udp_receive_buffer_bytes: int = 8 * 1024 * 1024
+    """Receive buffer of the UDP syslog socket, for bursts (beyond net.core.rmem_max where root)."""
 
     # Store (katas.siem.services.store)
     cold_bucket: str = "siem-cold"

@@ -1,7 +1,7 @@
 """Ingest: syslog over UDP and TCP, JSON and Windows event XML over HTTP, onto `siem.raw`.
 
-Every event gets an id (UUIDv7, so ids sort by arrival) and goes to the raw topic keyed by its source, so
-one source's events stay in order on one partition. Nothing is parsed here beyond framing: a parser bug
+Every event gets an id (UUIDv7, so ids sort by arrival) and goes to the raw topic keyed by its source
+(for syslog: the peer and the header's host name), so one source's events stay in order on one partition. Nothing is parsed here beyond framing: a parser bug
 must never cost an event, so parsing happens downstream where failures go to the dead-letter topic.
 
 Backpressure, per transport:
@@ -10,7 +10,9 @@ Backpressure, per transport:
 - HTTP: a batch is answered 202 only after the broker stored every event of it; above `max_in_flight`
   the answer is 503 with Retry-After, and the client sends again.
 - UDP has no way to push back. Above `max_in_flight` datagrams are counted as dropped
-  (`ingest_udp_dropped_total`), which is why sources that must not lose events use TCP or HTTP.
+  (`ingest_udp_dropped_total`), which is why sources that must not lose events use TCP or HTTP. The
+  socket's receive buffer is enlarged for bursts; what the kernel still drops when it is full shows as
+  `ingest_udp_kernel_drops`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from katas.infra import kafka
 from katas.infra.ports import LOOPBACK
 from katas.infra.service import Worker, http_app, log, mistakes, publish_endpoints, run_service
 from katas.infra.settings import infra_settings
-from katas.siem.framing import Frame, SyslogFramer, split_datagram
+from katas.infra.udp import enlarge_receive_buffer, kernel_drops
+from katas.siem.framing import Frame, SyslogFramer, split_datagram, syslog_hostname
 from katas.siem.normalize import DeadLetter, RawEnvelope, Transport
 from katas.siem.parsing import split_json_batch, split_winxml_batch
 from katas.siem.settings import SiemSettings
@@ -39,6 +42,18 @@ EVENTS = Counter("ingest_events", "events accepted onto the raw topic", ["transp
 REJECTED = Counter("ingest_rejected", "requests refused with a reason", ["transport", "reason"])
 UDP_DROPPED = Counter("ingest_udp_dropped", "datagrams dropped while the broker was behind")
 IN_FLIGHT = Gauge("ingest_queue_depth", "events waiting for the broker's acknowledgement")
+UDP_KERNEL_DROPS = Gauge("ingest_udp_kernel_drops", "datagrams the kernel dropped: receive buffer full")
+
+
+def partition_key(transport: Transport, source: str, payload: bytes) -> bytes:
+    """The raw topic's key: the source, so each source's events stay in order on one partition.
+
+    For syslog the peer address and the message's host name together, since many devices may share one
+    address (a relay; every device of the lab's fleet sends from 127.0.0.1).
+    """
+    if transport.startswith("syslog") and (host := syslog_hostname(payload)) is not None:
+        return source.encode() + b"/" + host
+    return source.encode()
 
 
 class Ingest:
@@ -73,7 +88,7 @@ class Ingest:
         """Queue one event; the returned future resolves when the broker has stored it."""
         envelope = RawEnvelope.new(source, transport, payload)
         delivery: asyncio.Future[object] = await self.producer.send(
-            RAW, envelope.to_json(), key=source.encode()
+            RAW, envelope.to_json(), key=partition_key(transport, source, payload)
         )
         self.in_flight += 1
         IN_FLIGHT.inc()
@@ -191,6 +206,9 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     tcp = await asyncio.start_server(
         lambda r, w: syslog_tcp_connection(ingest, r, w), bind_host, settings.syslog_tcp_port, limit=1 << 20
     )
+    udp_socket = udp.get_extra_info("socket")
+    udp_buffer = enlarge_receive_buffer(udp_socket, settings.udp_receive_buffer_bytes)
+    UDP_KERNEL_DROPS.set_function(lambda: kernel_drops(udp_socket) or 0)
     udp_port = udp.get_extra_info("sockname")[1]
     tcp_port = tcp.sockets[0].getsockname()[1]
     publish_endpoints(
@@ -198,7 +216,7 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
         syslog_tcp=f"{LOOPBACK}:{tcp_port}",
         http_ingest=f"http://{LOOPBACK}:{os.environ['KATAS_SERVICE_PORT']}",
     )
-    log("listening", syslog_udp=udp_port, syslog_tcp=tcp_port)
+    log("listening", syslog_udp=udp_port, syslog_tcp=tcp_port, udp_receive_buffer_bytes=udp_buffer)
 
     async def keep_listening(stop: asyncio.Event) -> None:
         await stop.wait()

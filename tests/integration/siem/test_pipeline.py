@@ -141,3 +141,12 @@ def test_the_api_refuses_requests_without_the_token(siem: dict[str, Any]) -> Non
     assert httpx.get(f"{siem['query']}/search", params={"q": "x"}).status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}
     assert httpx.get(f"{siem['query']}/alerts", headers=wrong).status_code == 401
+
+
+def test_ingest_exposes_the_kernels_udp_drops(siem: dict[str, Any]) -> None:
+    # UDP cannot push back; what the kernel drops on a full receive buffer must at least be visible
+    # (the count itself is tested against the kernel in tests/unit/test_udp.py).
+    metrics = httpx.get(f"{siem['http_ingest']}/metrics", timeout=10).text
+    drops = [line for line in metrics.splitlines() if line.startswith("ingest_udp_kernel_drops ")]
+    assert len(drops) == 1, "ingest does not report the kernel's UDP drops"
+    assert float(drops[0].split()[1]) >= 0

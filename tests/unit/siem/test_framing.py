@@ -7,7 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from katas.siem.framing import Frame, SyslogFramer, octet_frame, split_datagram
+from katas.siem.framing import Frame, SyslogFramer, octet_frame, split_datagram, syslog_hostname
+from katas.siem.samples import syslog_3164, syslog_5424
 
 
 def messages(framer: SyslogFramer, *chunks: bytes) -> list[bytes]:
@@ -159,3 +160,32 @@ def test_arbitrary_bytes_never_break_the_framer(data: bytes, chunk: int) -> None
     frames += framer.close()
     assert all(len(f.message) <= 32 for f in frames)
     assert all(f.message for f in frames)
+
+
+_HOSTS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,40}", fullmatch=True)
+
+
+@given(host=_HOSTS, moment=st.floats(0, 4e9), rfc=st.sampled_from(["3164", "5424"]))
+def test_the_host_name_is_read_from_either_syslog_header(host: str, moment: float, rfc: str) -> None:
+    build = syslog_3164 if rfc == "3164" else syslog_5424
+    message = build(moment, host, "sshd", 42, "Failed password for alice from 203.0.113.7 port 22 ssh2")
+    assert syslog_hostname(message) == host.encode()
+
+
+def test_messages_without_a_host_name_keep_the_peers_key() -> None:
+    for message in (
+        b"",
+        b"no header at all",
+        b"<34>",
+        b"<abc>1 2026-11-29T08:00:00Z host app - - - x",
+        b"<34>1 2026-11-29T08:00:00Z - app - - - nil host",
+        b"<13>Someday 12 08:00:00 host msg",
+        b"<1234567>1 t host",
+    ):
+        assert syslog_hostname(message) is None, message
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_give_a_host_name_or_none_and_never_fail(message: bytes) -> None:
+    host = syslog_hostname(message)
+    assert host is None or (host and host in message)
