@@ -26,11 +26,12 @@ source, see `katas.siem.load`; the pipeline's counters are read from the service
   twice a second; P99 of found - sent.
 * `alert_latency_p99_s`: during the sustained run an attack scenario with values of its own is injected
   every `alert_every_s` (scenarios the fleet sends over UDP go over TCP, so a lost datagram cannot pass for
-  a slow alert): its first events, a second's pause, then the completing event; latency from sending the
-  completing event to `delivered_at` of the alert's line in the webhook log, found by the injection's value
-  in the alert's group (as the pseudonym the query API gives for it where the pipeline pseudonymizes it).
-  `alert_match_to_notification_p99_s` (extra) is the card's wording: from the correlator's send (the
-  alert's record timestamp on the alerts topic) to delivery.
+  a slow alert): its first events, a second's pause, then the completing event. As the kata text words it
+  ("within 2 seconds of correlation match"), latency runs from the match (the alert's record timestamp on
+  the alerts topic, stamped when the correlator emits it) to `delivered_at` of the alert's line in the
+  webhook log, found by the injection's value in the alert's group (as the pseudonym the query API gives for
+  it where the pipeline pseudonymizes it). `alert_source_to_notification_p99_s` (extra) times the whole
+  path from sending the completing event; the source-to-searchable row already holds that path's budget.
 * `query_24h_p95_s`: after the load, realistic last-24-hour searches (free text, field filters, both) one
   after another through the query API; P95 of the request time. The full check runs them again after the
   backfill below, and that figure counts.
@@ -289,6 +290,7 @@ class Counters:
     acked: Mapping[str, float]
     """Events the broker acknowledged at ingest, by transport."""
     udp_dropped: float
+    udp_kernel_drops: float
     rejected: float
     normalized: float
     dead_lettered: float
@@ -340,6 +342,7 @@ class Pipeline:
             t=time.monotonic(),
             acked=acked,
             udp_dropped=_sum(ingest, "ingest_udp_dropped_total"),
+            udp_kernel_drops=_sum(ingest, "ingest_udp_kernel_drops"),
             rejected=_sum(ingest, "ingest_rejected_total"),
             normalized=_sum(normalizer, "normalize_events_total"),
             dead_lettered=_sum(normalizer, "normalize_deadletters_total"),
@@ -595,10 +598,14 @@ class AlertProbe:
                     injection.matched_at = stamp
 
     def match_to_notification(self) -> list[float]:
+        """Per injection, from the correlation match to the webhook's delivery. One never delivered counts
+        with the time waited since its completing event was sent (a lower bound that fails the row), as
+        does one whose alert never reached the alerts topic."""
+        now = time.time()
         return [
-            i.delivered_at - i.matched_at
+            (i.delivered_at if i.delivered_at is not None else now)
+            - (i.matched_at if i.matched_at is not None else i.sent_at)
             for i in self.injections
-            if i.delivered_at is not None and i.matched_at is not None
         ]
 
     def missed(self) -> str:
@@ -721,6 +728,7 @@ class CheckRun:
         udp_sent = phase.sent["syslog-udp"]
         udp_acked = phase.after.acked.get("syslog-udp", 0.0) - phase.before.acked.get("syslog-udp", 0.0)
         dropped = phase.after.udp_dropped - phase.before.udp_dropped
+        kernel = phase.after.udp_kernel_drops - phase.before.udp_kernel_drops
         refused = phase.after.rejected - phase.before.rejected
         landed_share = min(1.0, landed / acked) if acked else 0.0
         reliable_share = min(1.0, reliable_acked / reliable_sent) if reliable_sent else 1.0
@@ -732,7 +740,7 @@ class CheckRun:
         detail = (
             f"{acked:,.0f} acknowledged of {phase.sent.total():,} sent; HTTP and TCP {reliable_acked:,.0f} of "
             f"{reliable_sent:,}; UDP {udp_acked:,.0f} of {udp_sent:,} ({dropped:,.0f} dropped by ingest, "
-            f"the rest lost before it); ingest refused {refused:,.0f} requests (busy, too large); {caught}"
+            f"{kernel:,.0f} by the kernel's full receive buffer); ingest refused {refused:,.0f} requests (busy, too large); {caught}"
         )
         return landed_share, reliable_share, detail
 
@@ -806,34 +814,35 @@ class CheckRun:
             self.put(not_measured("searchable_latency_p99_s", "s", "no marker could be sent"))
 
         latencies, missing = alerts.latencies()
+        matched = alerts.match_to_notification()
         scenarios = len({i.attack.scenario for i in alerts.injections})
-        if latencies:
+        if matched:
             self.put(
                 Measurement(
                     "alert_latency_p99_s",
-                    percentile(latencies, 99),
+                    percentile(matched, 99),
                     "s",
-                    f"from sending the completing event to the alert's delivery; {len(latencies)} injections of "
-                    f"{scenarios} scenarios, P50 {percentile(latencies, 50):.2f} s, max {max(latencies):.2f} s; "
-                    f"{missing} not delivered within {ALERT_WAIT_S:.0f} s"
+                    f"from the correlation match (the correlator emitting the alert: its record's timestamp on "
+                    f"{ALERTS}) to the webhook's delivery; {len(matched)} injections of {scenarios} scenarios, "
+                    f"P50 {percentile(matched, 50):.2f} s, max {max(matched):.2f} s; {missing} not delivered "
+                    f"within {ALERT_WAIT_S:.0f} s"
                     + (f" ({alerts.missed()})" if missing else "")
                     + f"; webhook deliveries meanwhile, the fleet's own alerts included: {dict(alerts.deliveries)}"
                     + (f"; injection errors {dict(alerts.errors)}" if alerts.errors else ""),
                 )
             )
-        else:
-            self.put(not_measured("alert_latency_p99_s", "s", "no attack could be injected"))
-        matched = alerts.match_to_notification()
-        if matched:
             self.put(
                 Measurement(
-                    "alert_match_to_notification_p99_s",
-                    percentile(matched, 99),
+                    "alert_source_to_notification_p99_s",
+                    percentile(latencies, 99),
                     "s",
-                    f"the card's own wording: from the correlator sending the alert (its record's timestamp on "
-                    f"{ALERTS}) to delivered_at; {len(matched)} alerts, P50 {percentile(matched, 50):.2f} s",
+                    f"the whole path: from sending the completing event through ingest, normalizer, correlator "
+                    f"and alerter to the webhook's delivery; P50 {percentile(latencies, 50):.2f} s, "
+                    f"max {max(latencies):.2f} s",
                 )
             )
+        else:
+            self.put(not_measured("alert_latency_p99_s", "s", "no attack could be injected"))
 
     async def burst(self) -> None:
         plan = self.plan
