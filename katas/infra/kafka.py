@@ -17,12 +17,20 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from katas.infra.service import log
 from katas.infra.settings import infra_settings
 
 BATCH_RETRIES = Counter("stage_batch_retries", "batches handled again after their handler failed")
+
+
+@functools.cache
+def consumer_lag_gauge() -> Gauge:
+    """Registered by the first consuming loop, so a service that only produces shows no lag at all."""
+    return Gauge("stage_consumer_lag", "records on the stage's partitions not fetched yet (last fetch)")
+
+
 BatchHandler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
 
@@ -101,6 +109,7 @@ async def consume_batches(
         while not stop.is_set():
             batches = await source.getmany(timeout_ms=timeout_ms)
             records = [record for partition in batches.values() for record in partition]
+            consumer_lag_gauge().set(await lag(source))
             if records:
                 if not await _until_done(
                     functools.partial(handle, records), stop, max_backoff_s, "batch_failed"
@@ -117,6 +126,17 @@ async def consume_batches(
                 await source.commit()
     finally:
         await source.stop()
+
+
+async def lag(source: AIOKafkaConsumer[bytes, bytes]) -> int:
+    """Records on the consumer's partitions beyond its position, from the high watermarks its last fetch
+    returned (no request to the broker): how far behind the stage is."""
+    behind = 0
+    for partition in source.assignment():
+        highwater = source.highwater(partition)
+        if highwater is not None:
+            behind += max(0, highwater - await source.position(partition))
+    return behind
 
 
 async def _until_done(

@@ -719,15 +719,17 @@ class ServiceProcess(Server):
         now, samples = time.monotonic(), _scrape_metrics(f"http://{self.address}/metrics")
         previous, then = self._last_scrape
         self._last_scrape = (samples, now)
-        parts = []
+        gauges, rates = [], []
         for name, value in samples.items():
             if name.startswith(("python_", "process_")):  # the client library's own metrics
                 continue
             if name.endswith("_total") and name in previous and now > then:
-                parts.append(f"{name.removesuffix('_total')} {(value - previous[name]) / (now - then):.0f}/s")
+                rate = (value - previous[name]) / (now - then)
+                if rate or not name.startswith("stage_batch_retries"):  # retries only while there are any
+                    rates.append(f"{name.removesuffix('_total')} {rate:.0f}/s")
             elif any(word in name for word in ("lag", "depth", "queue")):
-                parts.append(f"{name} {value:g}")
-        return ", ".join(parts[:4])
+                gauges.append(f"{name.removeprefix('stage_consumer_')} {value:g}")
+        return ", ".join([*gauges, *rates][:4])  # how far behind first: it is what a participant watches
 
     @property
     def endpoint(self) -> str:

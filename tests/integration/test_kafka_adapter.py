@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from katas.catalog import StackSpec
 from katas.infra import kafka
@@ -144,3 +145,37 @@ async def _drain_nothing_from(group: str, topic: str) -> list[bytes]:
 
 def test_held_back_commits_redeliver_after_a_crash_and_are_made_on_a_stop(broker: str) -> None:
     asyncio.run(_throttled_scenario())
+
+
+async def _lag_scenario() -> list[float]:
+    await kafka.ensure_topics({"lagging": 1})
+    producer = kafka.producer()
+    await producer.start()
+    try:
+        for i in range(50):
+            await producer.send("lagging", f"l{i}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    seen_lag: list[float] = []
+    handled = 0
+    stop = asyncio.Event()
+
+    async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        nonlocal handled
+        seen_lag.append(REGISTRY.get_sample_value("stage_consumer_lag") or 0.0)
+        handled += len(records)
+        if handled >= 50:
+            stop.set()
+
+    source = kafka.consumer("lagging", group="lag", max_poll_records=10)
+    await asyncio.wait_for(kafka.consume_batches(source, handle, stop), 60)
+    return seen_lag
+
+
+def test_a_stage_reports_how_far_behind_it_is(broker: str) -> None:
+    seen_lag = asyncio.run(_lag_scenario())
+    assert seen_lag[0] == 40, "after the first 10 of 50 records, 40 are still to come"
+    assert seen_lag[-1] == 0
+    assert seen_lag == sorted(seen_lag, reverse=True)
