@@ -219,7 +219,8 @@ class Sent:
     """What one traffic object has sent: events per transport, batches, HTTP retries on 503."""
 
     events: Counter[str] = field(default_factory=Counter)
-    """Every event sent, by transport (attack and marker events included)."""
+    """Every event handed to the sender, by transport (attack and marker events included); counted when
+    it leaves, so a batch whose operation timed out while ingest was still taking it counts as sent."""
     batches: int = 0
     attacks: int = 0
     attack_events: int = 0
@@ -286,10 +287,11 @@ class SiemTraffic:
         """Send events; returns once HTTP batches are acknowledged and syslog bytes are written."""
         if any(e.transport.startswith("http") for e in events):
             async with self._http:
+                self.sent.events.update(e.transport for e in events)
                 await self.sender.send(events)
         else:
+            self.sent.events.update(e.transport for e in events)
             await self.sender.send(events)
-        self.sent.events.update(e.transport for e in events)
 
     async def operation(self, i: int) -> None:
         """One load operation: a batch of one source's events."""
