@@ -2,7 +2,7 @@
 
     katas check siem --short   # under 2 minutes: CI's check, at reduced rates (see SHORT_BURST)
     katas check siem           # the card's targets: 5,000 events/s for 60 s, a 20,000 events/s burst, and a
-                               # store of 10M events for the full-retention query (tens of minutes)
+                               # store of 10M events for the full-retention query (about 10 minutes)
 
 The check starts its own stack in a fresh run directory under `.katas/siem-check/` (so it never touches a
 stack of `katas up siem`), and stops it at the end, also on error, Ctrl-C or SIGTERM. Before the stack starts
