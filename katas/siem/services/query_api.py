@@ -94,7 +94,6 @@ class QueryApiSettings(BaseSettings):
     analyst_name: str = "analyst"
     auditor_token: SecretStr = SecretStr("")
     auditor_name: str = "auditor"
-    cold_bucket: str = "siem-cold"
 
     def principals(self) -> dict[str, Principal]:
         tokens = {
@@ -386,7 +385,7 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     siem = SiemSettings()
     ch = ClickHouse(infra_settings().require("clickhouse_url"))
     await ensure_schema(ch, hot_ttl=timedelta(seconds=siem.hot_ttl_s))
-    cold = ColdStore.from_settings(settings.cold_bucket)
+    cold = ColdStore.from_settings(siem.cold_bucket)  # the store's bucket: one setting, SIEM_COLD_BUCKET
     return create_app(ch, principals=settings.principals(), cold=cold, pseudonymizer=siem.pseudonymizer()), []
 
 
