@@ -1,0 +1,230 @@
+"""One gateway node: authenticate, route, rate-limit, forward through a circuit breaker, transform.
+
+The request path, in order, each step answering on its own when it refuses:
+
+1. the client, from its API key (`X-API-Key`) through a `KeyDirectory`: 401 without a known key;
+2. the route (`katas.api_gateway.routing`): 404, 405 or 403 with the reason;
+3. the rate limits of the client on this route, the client and everyone (`katas.api_gateway.ratelimit`):
+   429 with Retry-After and RateLimit headers, which every answer carries;
+4. the backend through its circuit breaker (`katas.api_gateway.breaker`) and a bounded connection pool,
+   with the route's timeout: 503 while the breaker is open, 504 on a timeout, 502 when the backend
+   cannot be reached or answers with what the route cannot transform;
+5. the answer, transformed per route (internal fields stripped, XML to JSON) with headers added.
+
+The node is an aiohttp application (chosen by measured overhead, see katas.api_gateway.http_bench); its
+collaborators are passed in, so the same node runs in the stack and in tests, against real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from katas.api_gateway.breaker import CircuitBreaker, CircuitOpenError
+from katas.api_gateway.ratelimit import Decision, Limit, SharedLimiter, limits_for
+from katas.api_gateway.routing import Conversion, Refusal, RouteMatch, RouteTable, Tier
+from katas.api_gateway.transform import TransformError, strip_fields, xml_to_json
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length",
+     "proxy-authorization", "proxy-connection"}
+)  # fmt: skip
+CLIENT_ONLY = frozenset({"x-api-key", "authorization"})
+"""Credentials stop at the gateway: backends get the client's name instead."""
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    name: str
+    tier: Tier
+    limit: Limit
+
+
+class KeyDirectoryUnavailableError(ConnectionError):
+    """The key store cannot be reached and nothing usable is cached: the node cannot tell who calls."""
+
+
+class KeyDirectory(Protocol):
+    """API key -> client (hashed keys in the configuration store, cached per node; see the auth module)."""
+
+    async def client_for(self, api_key: str) -> Client | None: ...
+
+
+@dataclass
+class NodeConfig:
+    """What a node needs besides its collaborators: routes, the backends' addresses and the limits."""
+
+    routes: RouteTable
+    backends: Mapping[str, str]
+    """Backend name -> base URL."""
+    endpoint_limits: Mapping[str, Limit] = field(default_factory=dict)
+    """Route name -> limit per client on that route."""
+    global_limit: Limit | None = None
+    pool_per_backend: int = 50
+    node_name: str = "gateway"
+
+
+@dataclass
+class Collaborators:
+    keys: KeyDirectory
+    limiter: SharedLimiter
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    observe: Callable[[str, int, float], None] = lambda route, status, seconds: None
+    """Called once per request with the route (or the refusal), the status and the time taken."""
+
+
+def _problem(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status, headers=headers)
+
+
+class GatewayNode:
+    def __init__(self, config: NodeConfig, parts: Collaborators) -> None:
+        self.config = config
+        self.parts = parts
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def breaker(self, backend: str) -> CircuitBreaker:
+        if backend not in self.parts.breakers:
+            self.parts.breakers[backend] = CircuitBreaker(backend)
+        return self.parts.breakers[backend]
+
+    def session(self, backend: str) -> aiohttp.ClientSession:
+        """One bounded pool per backend, so a slow backend cannot take the connections of the others."""
+        if backend not in self.sessions:
+            connector = aiohttp.TCPConnector(limit=self.config.pool_per_backend)
+            self.sessions[backend] = aiohttp.ClientSession(self.config.backends[backend], connector=connector)
+        return self.sessions[backend]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
+
+    def app(self) -> web.Application:
+        application = web.Application(client_max_size=MAX_BODY_BYTES)
+        application.router.add_route("*", "/{tail:.*}", self.handle)
+
+        async def closing(_: web.Application) -> None:
+            await self.close()
+
+        application.on_cleanup.append(closing)
+        return application
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        label, response = await self._answer(request)
+        response.headers["X-Gateway-Node"] = self.config.node_name
+        self.parts.observe(label, response.status, time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: web.Request) -> tuple[str, web.Response]:
+        api_key = request.headers.get("X-API-Key", "")
+        try:
+            client = await self.parts.keys.client_for(api_key) if api_key else None
+        except KeyDirectoryUnavailableError:
+            return "unauthenticated", _problem(503, "cannot check API keys right now", {"Retry-After": "1"})
+        if client is None:
+            return "unauthenticated", _problem(401, "a valid X-API-Key is required")
+        match = self.config.routes.match(request.method, request.path, request.headers, client.tier)
+        if isinstance(match, Refusal):
+            return match.name.lower(), _problem(match.status, match.value)
+        route = match.route
+        decision = await self.parts.limiter.check(
+            limits_for(
+                client.name,
+                route.name,
+                per_client=client.limit,
+                per_endpoint=self.config.endpoint_limits,
+                global_limit=self.config.global_limit,
+            )
+        )
+        if not decision.allowed:
+            return route.name, _problem(429, f"rate limit ({decision.scope}) exceeded", decision.headers())
+        response = await self._forward(request, client, match, decision)
+        return route.name, response
+
+    async def _forward(
+        self, request: web.Request, client: Client, match: RouteMatch, decision: Decision
+    ) -> web.Response:
+        route = match.route
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | CLIENT_ONLY}
+        headers |= {
+            "X-Request-Id": request.headers.get("X-Request-Id") or uuid.uuid4().hex,
+            "X-Client": client.name,
+            "X-Client-Tier": client.tier.value,
+            "X-Forwarded-For": request.remote or "",
+            **route.add_request_headers,
+        }
+        limit_headers = decision.headers()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _problem(413, f"body larger than {MAX_BODY_BYTES} bytes", limit_headers)
+        try:
+            async with (
+                self.breaker(route.backend).guard(),
+                self.session(route.backend).request(
+                    request.method,
+                    match.upstream_path,
+                    params=request.query,
+                    headers=headers,
+                    data=body,
+                    timeout=aiohttp.ClientTimeout(total=route.timeout_s),
+                    allow_redirects=False,
+                ) as answer,
+            ):
+                content = await answer.read()
+                if answer.status >= 500:
+                    raise BackendFailedError(answer.status)
+                status, content_type = answer.status, answer.content_type
+                relayed = {
+                    k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-type"}
+                }
+        except CircuitOpenError as exc:
+            retry = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+            return _problem(503, f"backend {route.backend} is unavailable", limit_headers | retry)
+        except TimeoutError:
+            return _problem(
+                504, f"backend {route.backend} did not answer within {route.timeout_s:g} s", limit_headers
+            )
+        except BackendFailedError as exc:
+            return _problem(502, f"backend {route.backend} failed ({exc.status})", limit_headers)
+        except aiohttp.ClientError as exc:
+            return _problem(502, f"backend {route.backend} unreachable: {type(exc).__name__}", limit_headers)
+        try:
+            content, content_type = _transform(content, content_type, route.conversion, route.strip_fields)
+        except TransformError as exc:
+            return _problem(502, str(exc), limit_headers)
+        response = web.Response(status=status, body=content, content_type=content_type)
+        response.headers.update(relayed | dict(route.add_response_headers) | limit_headers)
+        return response
+
+
+class BackendFailedError(RuntimeError):
+    """The backend answered 5xx: a failure for its circuit breaker, a 502 for the client."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"backend answered {status}")
+        self.status = status
+
+
+def _transform(
+    content: bytes, content_type: str, conversion: Conversion, strip: frozenset[str]
+) -> tuple[bytes, str]:
+    if conversion is Conversion.XML_TO_JSON and "xml" in content_type:
+        body: Any = xml_to_json(content)
+    elif strip and content_type == "application/json" and content:
+        try:
+            body = json.loads(content)
+        except ValueError as exc:
+            raise TransformError(f"the backend's JSON answer is not JSON: {exc}") from exc
+    else:
+        return content, content_type
+    return json.dumps(strip_fields(body, strip)).encode(), "application/json"
