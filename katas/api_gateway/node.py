@@ -2,7 +2,8 @@
 
 The request path, in order, each step answering on its own when it refuses:
 
-1. the client, from its API key (`X-API-Key`) through a `KeyDirectory`: 401 without a known key;
+1. the client, from its API key (`X-API-Key`) through a `KeyDirectory`, or from an OAuth 2.0 bearer token
+   (`Authorization: Bearer`) verified locally (`katas.api_gateway.tokens`): 401 without either;
 2. the route (`katas.api_gateway.routing`): 404, 405 or 403 with the reason;
 3. the rate limits of the client on this route, the client and everyone (`katas.api_gateway.ratelimit`):
    429 with Retry-After and RateLimit headers, which every answer carries;
@@ -31,6 +32,7 @@ from aiohttp import web
 from katas.api_gateway.breaker import CircuitBreaker, CircuitOpenError
 from katas.api_gateway.ratelimit import Decision, Limit, SharedLimiter, limits_for
 from katas.api_gateway.routing import Conversion, Refusal, RouteMatch, RouteTable, Tier
+from katas.api_gateway.tokens import TokenError, TokenVerifier
 from katas.api_gateway.transform import TransformError, strip_fields, xml_to_json
 
 HOP_BY_HOP = frozenset(
@@ -77,6 +79,8 @@ class NodeConfig:
 class Collaborators:
     keys: KeyDirectory
     limiter: SharedLimiter
+    tokens: TokenVerifier | None = None
+    """Bearer tokens are accepted only with a verifier."""
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     observe: Callable[[str, int, float], None] = lambda route, status, seconds: None
     """Called once per request with the route (or the refusal), the status and the time taken."""
@@ -125,13 +129,15 @@ class GatewayNode:
         return response
 
     async def _answer(self, request: web.Request) -> tuple[str, web.Response]:
-        api_key = request.headers.get("X-API-Key", "")
         try:
-            client = await self.parts.keys.client_for(api_key) if api_key else None
+            client = await self._client(request)
         except KeyDirectoryUnavailableError:
             return "unauthenticated", _problem(503, "cannot check API keys right now", {"Retry-After": "1"})
+        except TokenError as exc:
+            challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            return "unauthenticated", _problem(401, f"bearer token refused: {exc}", challenge)
         if client is None:
-            return "unauthenticated", _problem(401, "a valid X-API-Key is required")
+            return "unauthenticated", _problem(401, "an X-API-Key or a bearer token is required")
         match = self.config.routes.match(request.method, request.path, request.headers, client.tier)
         if isinstance(match, Refusal):
             return match.name.lower(), _problem(match.status, match.value)
@@ -149,6 +155,21 @@ class GatewayNode:
             return route.name, _problem(429, f"rate limit ({decision.scope}) exceeded", decision.headers())
         response = await self._forward(request, client, match, decision)
         return route.name, response
+
+    async def _client(self, request: web.Request) -> Client | None:
+        api_key = request.headers.get("X-API-Key", "")
+        if api_key:
+            return await self.parts.keys.client_for(api_key)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token or self.parts.tokens is None:
+            return None
+        claims = await self.parts.tokens.verify(token.strip())
+        try:
+            return Client(
+                str(claims["sub"]), Tier(claims["tier"]), Limit(float(claims["rate"]), int(claims["burst"]))
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise TokenError(f"the token lacks a tier or a limit: {exc}") from exc
 
     async def _forward(
         self, request: web.Request, client: Client, match: RouteMatch, decision: Decision
