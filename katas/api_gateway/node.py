@@ -56,9 +56,11 @@ class KeyDirectoryUnavailableError(ConnectionError):
 
 
 class KeyDirectory(Protocol):
-    """API key -> client (hashed keys in the configuration store, cached per node; see the auth module)."""
+    """Clients by API key or by name (katas.api_gateway.adapters.redis_keys: hashed keys, cached)."""
 
     async def client_for(self, api_key: str) -> Client | None: ...
+
+    async def client_named(self, name: str) -> Client | None: ...
 
 
 @dataclass
@@ -79,11 +81,11 @@ class NodeConfig:
 class Collaborators:
     keys: KeyDirectory
     limiter: SharedLimiter
-    tokens: TokenVerifier | None = None
-    """Bearer tokens are accepted only with a verifier."""
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     observe: Callable[[str, int, float], None] = lambda route, status, seconds: None
     """Called once per request with the route (or the refusal), the status and the time taken."""
+    tokens: TokenVerifier | None = None
+    """Bearer tokens are accepted only with a verifier."""
 
 
 def _problem(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

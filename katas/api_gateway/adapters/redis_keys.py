@@ -1,7 +1,9 @@
-"""RedisKeyDirectory: API keys stored hashed in Redis, looked up through a short per-node cache.
+"""RedisKeyDirectory: clients and their API keys in Redis (keys stored hashed), looked up through a short
+per-node cache.
 
-`gw:key:<sha256 of the key>` holds the client's name, tier and limit as JSON; the key itself is never
-stored, so a copy of the store does not let anyone call the API. SHA-256 without a salt is enough here,
+`gw:client:<name>` holds a client's tier and limit as JSON; `gw:key:<sha256 of the key>` holds the name
+of the client it belongs to. The key itself is never stored, so a copy of the store does not let anyone
+call the API. A client identified otherwise (a client certificate) is looked up by name. SHA-256 without a salt is enough here,
 unlike for passwords: keys are 32 random bytes, too many to guess or tabulate.
 
 Each node caches a lookup (found or not) for `cache_ttl_s`: that bounds how long a revoked key keeps
@@ -17,7 +19,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,7 +29,7 @@ from katas.api_gateway.node import Client, KeyDirectoryUnavailableError
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Tier
 
-DEFAULT_PREFIX = "gw:key"
+DEFAULT_PREFIX = "gw"
 KEY_PREFIX = "gwk_"
 
 
@@ -52,36 +54,59 @@ class RedisKeyDirectory:
         self.clock = clock
         self._cache: dict[str, tuple[float, Client | None]] = {}
 
-    def _name(self, digest: str) -> str:
-        return f"{self.prefix}:{digest}"
+    def _key(self, digest: str) -> str:
+        return f"{self.prefix}:key:{digest}"
+
+    def _client(self, name: str) -> str:
+        return f"{self.prefix}:client:{name}"
+
+    async def register(self, client: str, tier: Tier, limit: Limit) -> None:
+        """Create or update a client (its tier and limit apply to all its keys once node caches expire)."""
+        record = {"tier": tier.value, "rate": limit.rate, "burst": limit.burst}
+        await self.redis.set(self._client(client), json.dumps(record))
 
     async def issue(self, client: str, tier: Tier, limit: Limit) -> str:
-        """A new key for `client`; only its hash is stored. The key is returned once, here."""
+        """A new key for `client` (registered with `tier` and `limit`); the key is returned once, here."""
+        await self.register(client, tier, limit)
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-        record = {"client": client, "tier": tier.value, "rate": limit.rate, "burst": limit.burst}
-        await self.redis.set(self._name(key_hash(api_key)), json.dumps(record))
+        await self.redis.set(self._key(key_hash(api_key)), client)
         return api_key
 
     async def revoke(self, api_key: str) -> bool:
-        return bool(await self.redis.delete(self._name(key_hash(api_key))))
+        return bool(await self.redis.delete(self._key(key_hash(api_key))))
 
     async def client_for(self, api_key: str) -> Client | None:
-        digest = key_hash(api_key)
+        return await self._cached(f"key:{key_hash(api_key)}", self._lookup_key)
+
+    async def client_named(self, name: str) -> Client | None:
+        return await self._cached(f"client:{name}", self._lookup_client)
+
+    async def _lookup_key(self, entry: str) -> Client | None:
+        name = await self.redis.get(self._key(entry.removeprefix("key:")))
+        if name is None:
+            return None
+        return await self._lookup_client(f"client:{name.decode() if isinstance(name, bytes) else name}")
+
+    async def _lookup_client(self, entry: str) -> Client | None:
+        name = entry.removeprefix("client:")
+        raw = await self.redis.get(self._client(name))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return Client(name, Tier(record["tier"]), Limit(record["rate"], record["burst"]))
+
+    async def _cached(self, entry: str, lookup: Callable[[str], Awaitable[Client | None]]) -> Client | None:
         now = self.clock()
-        cached = self._cache.get(digest)
+        cached = self._cache.get(entry)
         if cached is not None and now - cached[0] < self.cache_ttl_s:
             return cached[1]
         try:
-            raw = await self.redis.get(self._name(digest))
+            client = await lookup(entry)
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             if cached is not None and now - cached[0] < self.cache_ttl_s + self.stale_grace_s:
                 return cached[1]
             raise KeyDirectoryUnavailableError(f"key store unreachable: {error}") from error
-        client = None
-        if raw is not None:
-            record = json.loads(raw)
-            client = Client(record["client"], Tier(record["tier"]), Limit(record["rate"], record["burst"]))
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[digest] = (now, client)
+        self._cache[entry] = (now, client)
         return client

@@ -72,7 +72,7 @@ async def lab(servers: dict[str, Any]) -> AsyncIterator[Lab]:
     backends["payments"] = f"http://{payments_path.address}"
     node = GatewayNode(
         NodeConfig(ROUTES, backends, endpoint_limits={"orders": Limit(rate=5, burst=3)}),
-        Collaborators(keys, RedisLimiter(redis), breakers),
+        Collaborators(keys, RedisLimiter(redis), breakers=breakers),
     )
     runner = web.AppRunner(node.app())
     await runner.setup()
