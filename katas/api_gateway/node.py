@@ -2,8 +2,9 @@
 
 The request path, in order, each step answering on its own when it refuses:
 
-1. the client, from its API key (`X-API-Key`) through a `KeyDirectory`, or from an OAuth 2.0 bearer token
-   (`Authorization: Bearer`) verified locally (`katas.api_gateway.tokens`): 401 without either;
+1. the client, from its API key (`X-API-Key`) through a `KeyDirectory`, from an OAuth 2.0 bearer token
+   (`Authorization: Bearer`) verified locally (`katas.api_gateway.tokens`), or from its TLS client
+   certificate's common name (`katas.api_gateway.pki`): 401 without any of them;
 2. the route (`katas.api_gateway.routing`): 404, 405 or 403 with the reason;
 3. the rate limits of the client on this route, the client and everyone (`katas.api_gateway.ratelimit`):
    429 with Retry-After and RateLimit headers, which every answer carries;
@@ -30,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from katas.api_gateway.breaker import CircuitBreaker, CircuitOpenError
+from katas.api_gateway.pki import common_name
 from katas.api_gateway.ratelimit import Decision, Limit, SharedLimiter, limits_for
 from katas.api_gateway.routing import Conversion, Refusal, RouteMatch, RouteTable, Tier
 from katas.api_gateway.tokens import TokenError, TokenVerifier
@@ -164,7 +166,10 @@ class GatewayNode:
             return await self.parts.keys.client_for(api_key)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token or self.parts.tokens is None:
-            return None
+            # Mutual TLS: a certificate from the stack's CA names its client (katas.api_gateway.pki).
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            name = common_name(peer)
+            return await self.parts.keys.client_named(name) if name else None
         claims = await self.parts.tokens.verify(token.strip())
         try:
             return Client(
