@@ -65,12 +65,20 @@ class RedisKeyDirectory:
         record = {"tier": tier.value, "rate": limit.rate, "burst": limit.burst}
         await self.redis.set(self._client(client), json.dumps(record))
 
-    async def issue(self, client: str, tier: Tier, limit: Limit) -> str:
-        """A new key for `client` (registered with `tier` and `limit`); the key is returned once, here."""
-        await self.register(client, tier, limit)
+    async def issue(self, client: str, tier: Tier | None = None, limit: Limit | None = None) -> str:
+        """A new key for `client`, registered first with `tier` and `limit` when they are given (a client
+        must exist before it gets a key). The key is returned once, here."""
+        if tier is not None and limit is not None:
+            await self.register(client, tier, limit)
+        elif await self.stored_client(client) is None:
+            raise LookupError(f"no client {client!r}: register it with a tier and a limit first")
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
         await self.redis.set(self._key(key_hash(api_key)), client)
         return api_key
+
+    async def stored_client(self, name: str) -> Client | None:
+        """The client as stored now, without this node's cache (for the admin API)."""
+        return await self._lookup_client(f"client:{name}")
 
     async def revoke(self, api_key: str) -> bool:
         return bool(await self.redis.delete(self._key(key_hash(api_key))))
