@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from katas.api_gateway.adapters.redis_keys import RedisKeyDirectory
@@ -21,8 +20,8 @@ from katas.api_gateway.adapters.redis_limiter import RedisLimiter
 from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig
 from katas.api_gateway.routing import Route, RouteTable
 from katas.api_gateway.services.admin import AdminApi
-from katas.infra.ports import LOOPBACK, free_port
-from katas.infra.servers import RedisServer, ServiceProcess
+from katas.infra.servers import RedisServer
+from tests.integration.api_gateway.conftest import Serve, start_backend
 
 ADMIN = "admin-token-for-the-tests"
 REVOCATION_LIMIT_S = 5.0
@@ -35,40 +34,25 @@ class Lab:
     nodes: list[str]
 
 
-async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, LOOPBACK, port).start()
-    runners.append(runner)
-    return f"http://{LOOPBACK}:{port}"
-
-
 @pytest.fixture
-async def lab(launch: Callable[[Any], Any], run_dir: Path) -> AsyncIterator[Lab]:
+async def lab(launch: Callable[[Any], Any], run_dir: Path, serve: Serve) -> AsyncIterator[Lab]:
     redis_server = launch(RedisServer("redis", run_dir))
-    orders = launch(
-        ServiceProcess("orders", run_dir, module="katas.api_gateway.services.backend", args=["orders"])
-    )
+    orders = start_backend(launch, run_dir, "orders")
     connections = [Redis.from_url(redis_server.url) for _ in range(3)]
-    runners: list[web.AppRunner] = []
     routes = RouteTable([Route(name="orders", prefix="/orders", backend="orders")])
     try:
-        admin = await _serve(AdminApi(RedisKeyDirectory(connections[0]), ADMIN).app(), runners)
+        admin = await serve(AdminApi(RedisKeyDirectory(connections[0]), ADMIN).app())
         nodes = [
-            await _serve(
+            await serve(
                 GatewayNode(
                     NodeConfig(routes, {"orders": f"http://{orders.client_address}"}, node_name=f"node-{i}"),
                     Collaborators(RedisKeyDirectory(redis), RedisLimiter(redis)),
-                ).app(),
-                runners,
+                ).app()
             )
             for i, redis in enumerate(connections[1:], start=1)
         ]
         yield Lab(admin, nodes)
     finally:
-        for runner in runners:
-            await runner.cleanup()
         for redis in connections:
             await redis.aclose()
 

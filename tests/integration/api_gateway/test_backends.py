@@ -13,13 +13,12 @@ import pytest
 
 from katas.api_gateway.services.backend import BACKENDS
 from katas.infra.servers import ServerError, ServiceProcess
-
-MODULE = "katas.api_gateway.services.backend"
+from tests.integration.api_gateway.conftest import BACKEND_MODULE, start_backend
 
 
 @pytest.fixture
 def backends(launch: Callable[[Any], Any], run_dir: Path) -> dict[str, str]:
-    started = {name: launch(ServiceProcess(name, run_dir, module=MODULE, args=[name])) for name in BACKENDS}
+    started = {name: start_backend(launch, run_dir, name) for name in BACKENDS}
     return {name: f"http://{service.client_address}" for name, service in started.items()}
 
 
@@ -60,4 +59,4 @@ def test_bad_bodies_get_a_clear_400(backends: dict[str, str]) -> None:
 
 def test_an_unknown_backend_refuses_to_start_and_says_why(run_dir: Path) -> None:
     with pytest.raises(ServerError, match="unknown backend 'shipping'"):
-        ServiceProcess("shipping", run_dir, module=MODULE, args=["shipping"]).start()
+        ServiceProcess("shipping", run_dir, module=BACKEND_MODULE, args=["shipping"]).start()

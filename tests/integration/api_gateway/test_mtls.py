@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from katas.api_gateway.adapters.redis_keys import RedisKeyDirectory
@@ -20,8 +19,9 @@ from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig
 from katas.api_gateway.pki import Pki, client_context, create_ca, issue, server_context
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Route, RouteTable, Tier
-from katas.infra.ports import LOOPBACK, free_port
-from katas.infra.servers import RedisServer, ServiceProcess
+from katas.infra.ports import LOOPBACK
+from katas.infra.servers import RedisServer
+from tests.integration.api_gateway.conftest import Serve, start_backend
 
 
 @dataclass
@@ -32,11 +32,9 @@ class Lab:
 
 
 @pytest.fixture
-async def lab(launch: Callable[[Any], Any], run_dir: Path) -> AsyncIterator[Lab]:
+async def lab(launch: Callable[[Any], Any], run_dir: Path, serve: Serve) -> AsyncIterator[Lab]:
     redis_server = launch(RedisServer("redis", run_dir))
-    orders = launch(
-        ServiceProcess("orders", run_dir, module="katas.api_gateway.services.backend", args=["orders"])
-    )
+    orders = start_backend(launch, run_dir, "orders")
     pki = create_ca(run_dir / "pki")
     server_cert, server_key = issue(pki, "gateway", server_names=(LOOPBACK, "localhost"))
     redis = Redis.from_url(redis_server.url)
@@ -46,16 +44,10 @@ async def lab(launch: Callable[[Any], Any], run_dir: Path) -> AsyncIterator[Lab]
                    {"orders": f"http://{orders.client_address}"}),
         Collaborators(keys, RedisLimiter(redis)),
     )  # fmt: skip
-    runner = web.AppRunner(node.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(
-        runner, LOOPBACK, port, ssl_context=server_context(pki, server_cert, server_key)
-    ).start()
+    url = await serve(node.app(), server_context(pki, server_cert, server_key))
     try:
-        yield Lab(f"https://{LOOPBACK}:{port}", pki, keys)
+        yield Lab(url, pki, keys)
     finally:
-        await runner.cleanup()
         await redis.aclose()
 
 

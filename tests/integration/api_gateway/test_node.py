@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from katas.api_gateway.adapters.redis_keys import RedisKeyDirectory
@@ -26,11 +25,11 @@ from katas.api_gateway.breaker import CircuitBreaker
 from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Conversion, Route, RouteTable, Tier
-from katas.infra.ports import LOOPBACK, free_port
+from katas.infra.ports import LOOPBACK
 from katas.infra.proxy import ChaosProxy
 from katas.infra.servers import RedisServer, ServiceProcess
+from tests.integration.api_gateway.conftest import Serve, start_backend
 
-MODULE = "katas.api_gateway.services.backend"
 ROUTES = RouteTable(
     [
         Route(name="orders", prefix="/orders", backend="orders", strip_fields=frozenset({"_internal", "cost_cents"}),
@@ -57,12 +56,12 @@ class Lab:
 def servers(launch: Callable[[Any], Any], run_dir: Path) -> dict[str, Any]:
     found: dict[str, Any] = {"redis": launch(RedisServer("redis", run_dir))}
     for name in ("orders", "invoices", "payments"):
-        found[name] = launch(ServiceProcess(name, run_dir, module=MODULE, args=[name]))
+        found[name] = start_backend(launch, run_dir, name)
     return found
 
 
 @pytest.fixture
-async def lab(servers: dict[str, Any]) -> AsyncIterator[Lab]:
+async def lab(servers: dict[str, Any], serve: Serve) -> AsyncIterator[Lab]:
     redis = Redis.from_url(servers["redis"].url)
     keys = RedisKeyDirectory(redis, cache_ttl_s=0.5)
     breakers: dict[str, CircuitBreaker] = {}
@@ -74,14 +73,10 @@ async def lab(servers: dict[str, Any]) -> AsyncIterator[Lab]:
         NodeConfig(ROUTES, backends, endpoint_limits={"orders": Limit(rate=5, burst=3)}),
         Collaborators(keys, RedisLimiter(redis), breakers=breakers),
     )
-    runner = web.AppRunner(node.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, LOOPBACK, port).start()
+    url = await serve(node.app())
     try:
-        yield Lab(f"http://{LOOPBACK}:{port}", keys, servers["payments"], breakers, payments_path)
+        yield Lab(url, keys, servers["payments"], breakers, payments_path)
     finally:
-        await runner.cleanup()
         await redis.aclose()
         payments_path.stop()
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from katas.api_gateway.adapters.redis_keys import RedisKeyDirectory
@@ -23,8 +22,8 @@ from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Route, RouteTable, Tier
 from katas.api_gateway.services.auth_server import AuthorizationServer, register_client
 from katas.api_gateway.tokens import TokenIssuer, TokenVerifier
-from katas.infra.ports import LOOPBACK, free_port
-from katas.infra.servers import RedisServer, ServiceProcess
+from katas.infra.servers import RedisServer
+from tests.integration.api_gateway.conftest import Serve, start_backend
 
 ADMIN = "admin-secret-for-tests"
 ISSUER, AUDIENCE = "http://auth.katas", "katas-gateway"
@@ -37,22 +36,12 @@ class Lab:
     redis: Redis
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, LOOPBACK, port).start()
-    return runner, f"http://{LOOPBACK}:{port}"
-
-
 @pytest.fixture
-async def lab(launch: Callable[[Any], Any], run_dir: Path) -> AsyncIterator[Lab]:
+async def lab(launch: Callable[[Any], Any], run_dir: Path, serve: Serve) -> AsyncIterator[Lab]:
     redis_server = launch(RedisServer("redis", run_dir))
-    orders = launch(
-        ServiceProcess("orders", run_dir, module="katas.api_gateway.services.backend", args=["orders"])
-    )
+    orders = start_backend(launch, run_dir, "orders")
     redis = Redis.from_url(redis_server.url)
-    auth_runner, auth_url = await _serve(
+    auth_url = await serve(
         AuthorizationServer(redis, TokenIssuer(ISSUER, AUDIENCE, activate_after_s=6.0), ADMIN).app()
     )
     http = aiohttp.ClientSession()
@@ -69,12 +58,10 @@ async def lab(launch: Callable[[Any], Any], run_dir: Path) -> AsyncIterator[Lab]
         Collaborators(RedisKeyDirectory(redis), RedisLimiter(redis),
                       tokens=TokenVerifier(fetch_jwks, ISSUER, AUDIENCE, min_refresh_s=5.0)),
     )  # fmt: skip
-    gateway_runner, gateway_url = await _serve(node.app())
+    gateway_url = await serve(node.app())
     try:
         yield Lab(auth_url, gateway_url, redis)
     finally:
-        await gateway_runner.cleanup()
-        await auth_runner.cleanup()
         await http.close()
         await redis.aclose()
 
