@@ -107,6 +107,18 @@ def search(endpoints: dict[str, Any], q: str, since: datetime | None = None) -> 
     return result
 
 
+def pseudonym(endpoints: dict[str, Any], kind: str, value: str) -> str:
+    """The pseudonym the query API gives an analyst for `value` (what a clear value became in storage)."""
+    response = httpx.get(
+        f"{endpoints['query']}/pseudonym",
+        params={"kind": kind, "value": value},
+        headers={"Authorization": f"Bearer {endpoints['analyst_token']}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return str(response.json()["pseudonym"])
+
+
 def metric(url: str, name: str) -> float:
     """A counter or gauge of a service (0 when it has not been touched yet)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
@@ -170,14 +182,9 @@ def pii_in_search_results(endpoints: dict[str, Any]) -> tuple[bool, bool]:
         ],
     )
     found = wait_for(lambda: search(endpoints, marker)["events"], 30, "the event becoming searchable")
-    pseudonym = httpx.get(
-        f"{endpoints['query']}/pseudonym",
-        params={"kind": "user", "value": user},
-        headers={"Authorization": f"Bearer {endpoints['analyst_token']}"},
-        timeout=10,
-    ).json()["pseudonym"]
+    pseudonymized = pseudonym(endpoints, "user", user)
     text = json.dumps(found)
-    return user in text, pseudonym in text
+    return user in text, pseudonymized in text
 
 
 def test_store_raw_pii_puts_clear_user_names_into_the_store(right: tuple[Stack, dict[str, Any]]) -> None:
@@ -248,17 +255,12 @@ def attack_across_a_correlator_restart(stack: Stack, endpoints: dict[str, Any]) 
         30,
         "the restarted correlator matching the successful logon",
     )
-    pseudonym = httpx.get(
-        f"{endpoints['query']}/pseudonym",
-        params={"kind": "ip", "value": ip},
-        headers={"Authorization": f"Bearer {endpoints['analyst_token']}"},
-        timeout=10,
-    ).json()["pseudonym"]
+    pseudonymized = pseudonym(endpoints, "ip", ip)
     time.sleep(1.0)  # the batch is handled: its alerts, if any, are counted right after its matches
     if metric(endpoints["correlator"], "correlate_alerts_total") == 0:
         return windows, False
     alerted = wait_for(
-        lambda: any(pseudonym in json.dumps(a.get("group", {})) for a in webhook_alerts(endpoints)),
+        lambda: any(pseudonymized in json.dumps(a.get("group", {})) for a in webhook_alerts(endpoints)),
         15,
         "the alert reaching the webhook",
     )
