@@ -36,12 +36,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from katas.api_gateway.node import HOP_BY_HOP
 from katas.infra.ports import LOOPBACK, free_port, is_listening
 
 CANDIDATES = ("starlette+httpx", "aiohttp+aiohttp")
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
-)
 ANSWER = json.dumps({"id": "42", "name": "widget", "price_cents": 1999, "tags": ["a", "b", "c"]}).encode()
 
 

@@ -22,9 +22,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from katas.api_gateway.adapters import REDIS_UNREACHABLE
 from katas.api_gateway.node import Client, KeyDirectoryUnavailableError
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Tier
@@ -110,7 +109,7 @@ class RedisKeyDirectory:
             return cached[1]
         try:
             client = await lookup(entry)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except REDIS_UNREACHABLE as error:
             if cached is not None and now - cached[0] < self.cache_ttl_s + self.stale_grace_s:
                 return cached[1]
             raise KeyDirectoryUnavailableError(f"key store unreachable: {error}") from error

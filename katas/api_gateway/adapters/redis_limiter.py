@@ -21,9 +21,8 @@ import json
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from katas.api_gateway.adapters import REDIS_UNREACHABLE
 from katas.api_gateway.ratelimit import (
     Decision,
     LimitedKey,
@@ -83,7 +82,7 @@ class RedisLimiter:
             args += [limited.limit.interval_s * 1000, limited.limit.tolerance_s * 1000]
         try:
             reply = await self._script(keys=[self.key(k) for k in keys], args=args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except REDIS_UNREACHABLE as error:
             raise LimiterUnavailableError(f"rate limiter unreachable: {error}") from error
         verdicts = [
             Verdict(bool(allowed), new_tat / 1000, int(remaining), reset_ms / 1000, retry_ms / 1000)
