@@ -2,7 +2,7 @@
 
 The request path, in order, each step answering on its own when it refuses:
 
-1. the client, from its API key (`X-API-Key`) through a `KeyDirectory`, from an OAuth 2.0 bearer token
+1. the client, from its API key (`X-API-Key`) in the configuration the node holds, from an OAuth 2.0 bearer token
    (`Authorization: Bearer`) verified locally (`katas.api_gateway.tokens`), or from its TLS client
    certificate's common name (`katas.api_gateway.pki`): 401 without any of them;
 2. the route (`katas.api_gateway.routing`): 404, 405 or 403 with the reason;
@@ -14,7 +14,9 @@ The request path, in order, each step answering on its own when it refuses:
 5. the answer, transformed per route (internal fields stripped, XML to JSON) with headers added.
 
 The node is an aiohttp application (chosen by measured overhead, see katas.api_gateway.http_bench); its
-collaborators are passed in, so the same node runs in the stack and in tests, against real servers.
+collaborators are passed in, so the same node runs in the stack and in tests, against real servers. Routes,
+clients, key digests and limits are read from a `ConfigHolder` per request, which the configuration watcher
+replaces whole on a change (katas.api_gateway.adapters.pg_config).
 """
 
 from __future__ import annotations
@@ -25,15 +27,22 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from katas.api_gateway.breaker import CircuitBreaker, CircuitOpenError
+from katas.api_gateway.config import (
+    Client,
+    ConfigHolder,
+    HeldKeys,
+    KeyDirectory,
+    KeyDirectoryUnavailableError,
+)
 from katas.api_gateway.pki import common_name
-from katas.api_gateway.ratelimit import Decision, Limit, SharedLimiter, limits_for
-from katas.api_gateway.routing import Conversion, Refusal, RouteMatch, RouteTable, Tier
+from katas.api_gateway.ratelimit import Decision, SharedLimiter, limits_for
+from katas.api_gateway.routing import Conversion, Refusal, RouteMatch
 from katas.api_gateway.tokens import TokenError, TokenVerifier
 from katas.api_gateway.transform import TransformError, strip_fields, xml_to_json
 
@@ -46,48 +55,27 @@ CLIENT_ONLY = frozenset({"x-api-key", "authorization"})
 MAX_BODY_BYTES = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
-    name: str
-    tier: Tier
-    limit: Limit
-
-
-class KeyDirectoryUnavailableError(ConnectionError):
-    """The key store cannot be reached and nothing usable is cached: the node cannot tell who calls."""
-
-
-class KeyDirectory(Protocol):
-    """Clients by API key or by name (katas.api_gateway.adapters.redis_keys: hashed keys, cached)."""
-
-    async def client_for(self, api_key: str) -> Client | None: ...
-
-    async def client_named(self, name: str) -> Client | None: ...
-
-
 @dataclass
 class NodeConfig:
-    """What a node needs besides its collaborators: routes, the backends' addresses and the limits."""
+    """What a node is given at start: the backends' addresses, its pools and its name. Routes, clients and
+    limits come from the configuration store and change while it runs (katas.api_gateway.config)."""
 
-    routes: RouteTable
     backends: Mapping[str, str]
     """Backend name -> base URL."""
-    endpoint_limits: Mapping[str, Limit] = field(default_factory=dict)
-    """Route name -> limit per client on that route."""
-    global_limit: Limit | None = None
     pool_per_backend: int = 50
     node_name: str = "gateway"
 
 
 @dataclass
 class Collaborators:
-    keys: KeyDirectory
     limiter: SharedLimiter
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     observe: Callable[[str, int, float], None] = lambda route, status, seconds: None
     """Called once per request with the route (or the refusal), the status and the time taken."""
     tokens: TokenVerifier | None = None
     """Bearer tokens are accepted only with a verifier."""
+    keys: KeyDirectory | None = None
+    """Where API keys are looked up; by default the configuration the node holds (no I/O per request)."""
 
 
 def _problem(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -95,9 +83,11 @@ def _problem(status: int, message: str, headers: Mapping[str, str] | None = None
 
 
 class GatewayNode:
-    def __init__(self, config: NodeConfig, parts: Collaborators) -> None:
+    def __init__(self, config: NodeConfig, parts: Collaborators, held: ConfigHolder) -> None:
         self.config = config
         self.parts = parts
+        self.held = held
+        self.keys: KeyDirectory = parts.keys or HeldKeys(held)
         self.sessions: dict[str, aiohttp.ClientSession] = {}
 
     def breaker(self, backend: str) -> CircuitBreaker:
@@ -142,7 +132,8 @@ class GatewayNode:
             return "unauthenticated", _problem(401, f"bearer token refused: {exc}", challenge)
         if client is None:
             return "unauthenticated", _problem(401, "an X-API-Key or a bearer token is required")
-        match = self.config.routes.match(request.method, request.path, request.headers, client.tier)
+        current = self.held.current
+        match = current.routes.match(request.method, request.path, request.headers, client.tier)
         if isinstance(match, Refusal):
             return match.name.lower(), _problem(match.status, match.value)
         route = match.route
@@ -151,8 +142,8 @@ class GatewayNode:
                 client.name,
                 route.name,
                 per_client=client.limit,
-                per_endpoint=self.config.endpoint_limits,
-                global_limit=self.config.global_limit,
+                per_endpoint=current.endpoint_limits,
+                global_limit=current.global_limit,
             )
         )
         if not decision.allowed:
@@ -163,20 +154,18 @@ class GatewayNode:
     async def _client(self, request: web.Request) -> Client | None:
         api_key = request.headers.get("X-API-Key", "")
         if api_key:
-            return await self.parts.keys.client_for(api_key)
+            return await self.keys.client_for(api_key)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token or self.parts.tokens is None:
             # Mutual TLS: a certificate from the stack's CA names its client (katas.api_gateway.pki).
             peer = request.transport.get_extra_info("peercert") if request.transport else None
             name = common_name(peer)
-            return await self.parts.keys.client_named(name) if name else None
+            return await self.keys.client_named(name) if name else None
         claims = await self.parts.tokens.verify(token.strip())
-        try:
-            return Client(
-                str(claims["sub"]), Tier(claims["tier"]), Limit(float(claims["rate"]), int(claims["burst"]))
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise TokenError(f"the token lacks a tier or a limit: {exc}") from exc
+        client = await self.keys.client_named(str(claims["sub"]))  # today's tier and limits, not the token's
+        if client is None:
+            raise TokenError(f"the token's client {claims['sub']!r} is not a client of this gateway")
+        return client
 
     async def _forward(
         self, request: web.Request, client: Client, match: RouteMatch, decision: Decision

@@ -2,30 +2,36 @@
 
     POST   /clients/{name}/keys     a new API key for a client: {"api_key"} (201); a new client needs
                                     {"tier", "limit_per_second", "burst"} in the body
-    DELETE /keys/{api_key}          revoke a key (204; 404 if unknown): refused everywhere within the
-                                    nodes' cache TTL
-    PUT    /clients/{name}/limits   {"limit_per_second", "burst"}: every node applies it within its cache TTL
-    GET    /clients/{name}          the client as stored
+    DELETE /keys/{api_key}          revoke a key (204; 404 if unknown or already revoked)
+    PUT    /clients/{name}/limits   {"limit_per_second", "burst"}
+    GET    /clients/{name}          the client as stored, with its keys (labels and digests, never a key)
+    GET    /routes                  every route
+    PUT    /routes/{name}           create or replace a route (katas.api_gateway.routing.Route as JSON)
+    DELETE /routes/{name}           remove a route
+    PUT    /limits/{scope}          {"limit_per_second", "burst"} for "global" or a route name (per client)
 
-Writes go to the key store (katas.api_gateway.adapters.redis_keys); nodes pick changes up as their
-caches expire, without a restart.
+Every write goes to the configuration store (katas.api_gateway.adapters.pg_config) in one transaction that
+notifies the nodes; they apply it without a restart, measured in tests/integration/api_gateway/test_admin.py.
+While the store is down, writes answer 503 and the nodes keep serving what they hold.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from katas.api_gateway.adapters.redis_keys import RedisKeyDirectory
-from katas.api_gateway.node import Client
+from katas.api_gateway.adapters.pg_config import ConfigStoreUnavailableError, PostgresConfigStore
+from katas.api_gateway.config import Client
 from katas.api_gateway.ratelimit import Limit
-from katas.api_gateway.routing import Tier
+from katas.api_gateway.routing import Route, Tier
 
 MAX_BODY_BYTES = 16 * 1024
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class LimitsBody(BaseModel):
@@ -53,18 +59,24 @@ def _client_json(client: Client) -> dict[str, Any]:
 
 
 class AdminApi:
-    def __init__(self, keys: RedisKeyDirectory, admin_token: str) -> None:
+    def __init__(self, store: PostgresConfigStore, admin_token: str) -> None:
         if len(admin_token) < 16:
             raise ValueError("the admin token must be at least 16 characters")
-        self.keys = keys
+        self.store = store
         self.admin_token = admin_token
 
     def app(self) -> web.Application:
-        application = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._authorized])
+        application = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[self._authorized, self._store_errors]
+        )
         application.router.add_post("/clients/{name}/keys", self.new_key)
         application.router.add_delete("/keys/{api_key}", self.revoke)
         application.router.add_put("/clients/{name}/limits", self.set_limits)
         application.router.add_get("/clients/{name}", self.get_client)
+        application.router.add_get("/routes", self.get_routes)
+        application.router.add_put("/routes/{name}", self.put_route)
+        application.router.add_delete("/routes/{name}", self.delete_route)
+        application.router.add_put("/limits/{scope}", self.put_limit)
         return application
 
     @web.middleware
@@ -77,8 +89,20 @@ class AdminApi:
         result: web.StreamResponse = await handler(request)
         return result
 
+    @web.middleware
+    async def _store_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            result: web.StreamResponse = await handler(request)
+        except ConfigStoreUnavailableError:
+            return web.json_response(
+                {"error": "the configuration store is unavailable; nothing was changed"},
+                status=503,
+                headers={"Retry-After": "2"},
+            )
+        return result
+
     @staticmethod
-    async def _body(request: web.Request, model: type[LimitsBody]) -> LimitsBody | web.Response:
+    async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         try:
             return model.model_validate(json.loads(await request.read() or b"{}"))
         except (ValueError, ValidationError) as exc:
@@ -86,35 +110,68 @@ class AdminApi:
 
     async def new_key(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        existing = await self.keys.stored_client(name)
-        if existing is None:
+        if await self.store.client(name) is None:
             body = await self._body(request, NewClientBody)
             if isinstance(body, web.Response):
                 return body
-            assert isinstance(body, NewClientBody)
-            api_key = await self.keys.issue(name, body.tier, Limit(body.limit_per_second, body.burst))
-        else:
-            api_key = await self.keys.issue(name)
+            if not NAME.fullmatch(name):
+                return _error(400, "a client name is 1 to 64 letters, digits, '_', '.' or '-'")
+            await self.store.put_client(name, body.tier, Limit(body.limit_per_second, body.burst))
+        api_key = await self.store.issue_key(name)
         return web.json_response({"api_key": api_key, "client": name}, status=201)
 
     async def revoke(self, request: web.Request) -> web.Response:
-        if not await self.keys.revoke(request.match_info["api_key"]):
+        if not await self.store.revoke_key(request.match_info["api_key"]):
             return _error(404, "no such key")
         return web.Response(status=204)
 
     async def set_limits(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        client = await self.keys.stored_client(name)
+        client = await self.store.client(name)
         if client is None:
             return _error(404, f"no client {name!r}")
         body = await self._body(request, LimitsBody)
         if isinstance(body, web.Response):
             return body
-        await self.keys.register(name, client.tier, Limit(body.limit_per_second, body.burst))
-        updated = await self.keys.stored_client(name)
-        assert updated is not None
-        return web.json_response(_client_json(updated))
+        await self.store.put_client(name, client.tier, Limit(body.limit_per_second, body.burst))
+        return web.json_response(
+            _client_json(Client(name, client.tier, Limit(body.limit_per_second, body.burst)))
+        )
 
     async def get_client(self, request: web.Request) -> web.Response:
-        client = await self.keys.stored_client(request.match_info["name"])
-        return web.json_response(_client_json(client)) if client else _error(404, "no such client")
+        name = request.match_info["name"]
+        client = await self.store.client(name)
+        if client is None:
+            return _error(404, "no such client")
+        return web.json_response(_client_json(client) | {"keys": await self.store.keys_of(name)})
+
+    async def get_routes(self, _: web.Request) -> web.Response:
+        config = await self.store.snapshot()
+        return web.json_response(
+            {
+                "version": config.version,
+                "routes": [json.loads(r.model_dump_json()) for r in config.routes.routes],
+            }
+        )
+
+    async def put_route(self, request: web.Request) -> web.Response:
+        body = await self._body(request, Route)
+        if isinstance(body, web.Response):
+            return body
+        if body.name != request.match_info["name"]:
+            return _error(400, "the route's name must match the path")
+        version = await self.store.put_routes([body])
+        return web.json_response({"version": version, "route": json.loads(body.model_dump_json())})
+
+    async def delete_route(self, request: web.Request) -> web.Response:
+        await self.store.delete_route(request.match_info["name"])
+        return web.Response(status=204)
+
+    async def put_limit(self, request: web.Request) -> web.Response:
+        body = await self._body(request, LimitsBody)
+        if isinstance(body, web.Response):
+            return body
+        version = await self.store.put_limit(
+            request.match_info["scope"], Limit(body.limit_per_second, body.burst)
+        )
+        return web.json_response({"version": version})

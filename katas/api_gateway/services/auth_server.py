@@ -6,9 +6,10 @@ as JWTs (katas.api_gateway.tokens), and the public keys the gateway nodes verify
     GET  /.well-known/jwks.json      the published public keys
     POST /admin/rotate               a new signing key (Authorization: Bearer <admin token>)
 
-Clients are registered in Redis, `gw:oauth:<client id>`, with the SHA-256 of their secret (random, 32
-bytes, so no salt or slow hash is needed), their tier and their limit; the token carries tier and limit
-so a node needs nothing else to apply them. Errors are RFC 6749 section 5.2's JSON.
+Clients are the gateway's clients in the configuration store (katas.api_gateway.adapters.pg_config), with
+the SHA-256 of their secret (random, 32 bytes, so no salt or slow hash is needed). A token names its
+client (`sub`) and tier; a node applies the client's limits from the configuration it holds, so a limit
+change reaches token clients as fast as key clients. Errors are RFC 6749 section 5.2's JSON.
 
 The signing keys live in this process: a restart starts a new key, and tokens signed before it stop
 verifying (clients fetch a new one, as they do at expiry).
@@ -18,31 +19,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
-import json
 import secrets
-from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
+from katas.api_gateway.adapters.pg_config import ConfigStoreUnavailableError, PostgresConfigStore
+from katas.api_gateway.config import key_hash
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Tier
 from katas.api_gateway.tokens import TokenIssuer
 
-CLIENT_PREFIX = "gw:oauth"
 
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-async def register_client(redis: Redis, client_id: str, tier: Tier, limit: Limit) -> str:
-    """Register (or re-key) a client; its secret is returned once, here."""
-    secret = secrets.token_urlsafe(32)
-    record = {"secret_sha256": _digest(secret), "tier": tier.value, "rate": limit.rate, "burst": limit.burst}
-    await redis.set(f"{CLIENT_PREFIX}:{client_id}", json.dumps(record))
+async def register_client(
+    store: PostgresConfigStore, client_id: str, tier: Tier, limit: Limit, secret: str | None = None
+) -> str:
+    """Register (or re-key) a client for the client-credentials grant; its secret is returned once, here."""
+    secret = secret or secrets.token_urlsafe(32)
+    await store.put_client(client_id, tier, limit)
+    await store.set_oauth_secret(client_id, secret)
     return secret
 
 
@@ -67,8 +62,8 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 
 
 class AuthorizationServer:
-    def __init__(self, redis: Redis, issuer: TokenIssuer, admin_token: str) -> None:
-        self.redis = redis
+    def __init__(self, store: PostgresConfigStore, issuer: TokenIssuer, admin_token: str) -> None:
+        self.store = store
         self.issuer = issuer
         self.admin_token = admin_token
 
@@ -102,12 +97,12 @@ class AuthorizationServer:
         if credentials is None:
             return _oauth_error(401, "invalid_client", "client authentication is required")
         client_id, secret = credentials
-        raw = await self.redis.get(f"{CLIENT_PREFIX}:{client_id}")
-        record: dict[str, Any] = json.loads(raw) if raw else {}
-        if not record or not hmac.compare_digest(record["secret_sha256"], _digest(secret)):
+        try:
+            found = await self.store.oauth_client(client_id)
+        except ConfigStoreUnavailableError:
+            return _oauth_error(503, "temporarily_unavailable", "the client store is unavailable")
+        if found is None or not hmac.compare_digest(found[1], key_hash(secret)):
             return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
-        token, expires_in = self.issuer.issue(
-            client_id, {"tier": record["tier"], "rate": record["rate"], "burst": record["burst"]}
-        )
+        token, expires_in = self.issuer.issue(client_id, {"tier": found[0].tier.value})
         body = {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
         return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

@@ -1,8 +1,10 @@
-"""What the gateway's integration tests share: aiohttp apps served on loopback for one test, and the
-backend services started as the stack starts them."""
+"""What the gateway's integration tests share: aiohttp apps served on loopback for one test, the backend
+services started as the stack starts them, and the configuration store with watchers that keep a node's
+configuration current."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,8 +13,10 @@ from typing import Any, Protocol
 import pytest
 from aiohttp import web
 
+from katas.api_gateway.adapters.pg_config import ConfigWatcher, PostgresConfigStore
+from katas.api_gateway.config import ConfigHolder, GatewayConfig
 from katas.infra.ports import LOOPBACK, free_port
-from katas.infra.servers import ServiceProcess
+from katas.infra.servers import PostgresServer, ServiceProcess
 
 BACKEND_MODULE = "katas.api_gateway.services.backend"
 
@@ -43,3 +47,38 @@ def start_backend(launch: Callable[[Any], Any], run_dir: Path, name: str) -> Ser
     """A backend service process (katas.api_gateway.services.backend), stopped after the test."""
     service: ServiceProcess = launch(ServiceProcess(name, run_dir, module=BACKEND_MODULE, args=[name]))
     return service
+
+
+@pytest.fixture
+def config_server(launch: Callable[[Any], Any], run_dir: Path) -> PostgresServer:
+    server: PostgresServer = launch(PostgresServer("config", run_dir))
+    return server
+
+
+@pytest.fixture
+async def config_store(config_server: PostgresServer) -> AsyncIterator[PostgresConfigStore]:
+    store = await PostgresConfigStore(config_server.dsn).open()
+    yield store
+    await store.close()
+
+
+Follow = Callable[[], Awaitable[ConfigHolder]]
+
+
+@pytest.fixture
+async def follow(config_store: PostgresConfigStore) -> AsyncIterator[Follow]:
+    """`held = await follow()`: a configuration kept current from the store, as a node's, until the test
+    ends."""
+    stop = asyncio.Event()
+    watchers: list[asyncio.Task[None]] = []
+
+    async def start() -> ConfigHolder:
+        held = ConfigHolder(GatewayConfig.of([], version=-1))
+        watcher = ConfigWatcher(config_store, held.apply, poll_s=1.0)
+        await watcher.reload()
+        watchers.append(asyncio.create_task(watcher.run(stop)))
+        return held
+
+    yield start
+    stop.set()
+    await asyncio.gather(*watchers)

@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from katas.api_gateway.adapters.redis_keys import RedisKeyDirectory
 from katas.api_gateway.adapters.redis_limiter import RedisLimiter
+from katas.api_gateway.config import Client, ConfigHolder, GatewayConfig
 from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig
 from katas.api_gateway.pki import Pki, client_context, create_ca, issue, server_context
 from katas.api_gateway.ratelimit import Limit
-from katas.api_gateway.routing import Route, RouteTable, Tier
+from katas.api_gateway.routing import Route, Tier
 from katas.infra.ports import LOOPBACK
 from katas.infra.servers import RedisServer
 from tests.integration.api_gateway.conftest import Serve, start_backend
@@ -28,7 +28,7 @@ from tests.integration.api_gateway.conftest import Serve, start_backend
 class Lab:
     url: str
     pki: Pki
-    keys: RedisKeyDirectory
+    api_key: str
 
 
 @pytest.fixture
@@ -38,15 +38,21 @@ async def lab(launch: Callable[[Any], Any], run_dir: Path, serve: Serve) -> Asyn
     pki = create_ca(run_dir / "pki")
     server_cert, server_key = issue(pki, "gateway", server_names=(LOOPBACK, "localhost"))
     redis = Redis.from_url(redis_server.url)
-    keys = RedisKeyDirectory(redis)
-    node = GatewayNode(
-        NodeConfig(RouteTable([Route(name="orders", prefix="/orders", backend="orders")]),
-                   {"orders": f"http://{orders.client_address}"}),
-        Collaborators(keys, RedisLimiter(redis)),
+    api_key = "gwk_a-key-for-the-mtls-test"
+    config = GatewayConfig.of(
+        [Route(name="orders", prefix="/orders", backend="orders")],
+        [Client("partner-bank", Tier.ENTERPRISE, Limit(rate=100, burst=50)),
+         Client("keyed", Tier.FREE, Limit(rate=10, burst=10))],
+        {api_key: "keyed"},
     )  # fmt: skip
+    node = GatewayNode(
+        NodeConfig({"orders": f"http://{orders.client_address}"}),
+        Collaborators(RedisLimiter(redis)),
+        ConfigHolder(config),
+    )
     url = await serve(node.app(), server_context(pki, server_cert, server_key))
     try:
-        yield Lab(url, pki, keys)
+        yield Lab(url, pki, api_key)
     finally:
         await redis.aclose()
 
@@ -61,7 +67,6 @@ async def _get(lab: Lab, context: ssl.SSLContext, headers: dict[str, str] | None
 
 
 async def test_a_client_certificate_from_the_stacks_ca_identifies_the_client(lab: Lab) -> None:
-    await lab.keys.register("partner-bank", Tier.ENTERPRISE, Limit(rate=100, burst=50))
     cert, key = issue(lab.pki, "partner-bank")
     status, echo = await _get(lab, client_context(lab.pki, cert, key))
     assert status == 200
@@ -73,8 +78,7 @@ async def test_unknown_or_missing_certificates_are_refused(lab: Lab, tmp_path: P
     cert, key = issue(lab.pki, "not-registered")
     assert (await _get(lab, client_context(lab.pki, cert, key)))[0] == 401
     assert (await _get(lab, client_context(lab.pki)))[0] == 401, "no certificate, no key: 401"
-    api_key = await lab.keys.issue("keyed", Tier.FREE, Limit(rate=10, burst=10))
-    assert (await _get(lab, client_context(lab.pki), {"X-API-Key": api_key}))[0] == 200
+    assert (await _get(lab, client_context(lab.pki), {"X-API-Key": lab.api_key}))[0] == 200
 
     stranger_ca = create_ca(tmp_path / "other-ca", "Somebody else's CA")
     foreign_cert, foreign_key = issue(stranger_ca, "partner-bank")
