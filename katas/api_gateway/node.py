@@ -22,10 +22,11 @@ replaces whole on a change (katas.api_gateway.adapters.pg_config).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from katas.api_gateway.config import (
     KeyDirectoryUnavailableError,
 )
 from katas.api_gateway.pki import common_name
-from katas.api_gateway.ratelimit import Decision, SharedLimiter, limits_for
+from katas.api_gateway.ratelimit import Decision, LimiterUnavailableError, SharedLimiter, limits_for
 from katas.api_gateway.routing import Conversion, Refusal, RouteMatch
 from katas.api_gateway.tokens import TokenError, TokenVerifier
 from katas.api_gateway.transform import TransformError, strip_fields, xml_to_json
@@ -64,6 +65,9 @@ class NodeConfig:
     """Backend name -> base URL."""
     pool_per_backend: int = 50
     node_name: str = "gateway"
+    circuit_breakers: bool = True
+    """False is the `no-circuit-breaker` mistake: no breakers, and one pool shared by every backend, so a
+    slow backend holds the connections the others need."""
 
 
 @dataclass
@@ -90,23 +94,29 @@ class GatewayNode:
         self.keys: KeyDirectory = parts.keys or HeldKeys(held)
         self.sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def breaker(self, backend: str) -> CircuitBreaker:
+    def breaker(self, backend: str) -> CircuitBreaker | contextlib.nullcontext[None]:
+        if not self.config.circuit_breakers:
+            return contextlib.nullcontext()
         if backend not in self.parts.breakers:
             self.parts.breakers[backend] = CircuitBreaker(backend)
         return self.parts.breakers[backend]
 
     def session(self, backend: str) -> aiohttp.ClientSession:
         """One bounded pool per backend, so a slow backend cannot take the connections of the others."""
-        if backend not in self.sessions:
+        pool = backend if self.config.circuit_breakers else "shared"
+        if pool not in self.sessions:
             connector = aiohttp.TCPConnector(limit=self.config.pool_per_backend)
-            self.sessions[backend] = aiohttp.ClientSession(self.config.backends[backend], connector=connector)
-        return self.sessions[backend]
+            self.sessions[pool] = aiohttp.ClientSession(connector=connector)
+        return self.sessions[pool]
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
 
-    def app(self) -> web.Application:
+    def app(self, reserved: Sequence[web.RouteDef] = ()) -> web.Application:
+        """The node's application; `reserved` routes (a service's /healthz, /metrics) come before the
+        catch-all that proxies everything else."""
         application = web.Application(client_max_size=MAX_BODY_BYTES)
+        application.add_routes(reserved)
         application.router.add_route("*", "/{tail:.*}", self.handle)
 
         async def closing(_: web.Application) -> None:
@@ -137,15 +147,18 @@ class GatewayNode:
         if isinstance(match, Refusal):
             return match.name.lower(), _problem(match.status, match.value)
         route = match.route
-        decision = await self.parts.limiter.check(
-            limits_for(
-                client.name,
-                route.name,
-                per_client=client.limit,
-                per_endpoint=current.endpoint_limits,
-                global_limit=current.global_limit,
+        try:
+            decision = await self.parts.limiter.check(
+                limits_for(
+                    client.name,
+                    route.name,
+                    per_client=client.limit,
+                    per_endpoint=current.endpoint_limits,
+                    global_limit=current.global_limit,
+                )
             )
-        )
+        except LimiterUnavailableError:  # only without a fallback: the `fail-closed-limiter` mistake
+            return route.name, _problem(503, "rate limiter unavailable", {"Retry-After": "1"})
         if not decision.allowed:
             return route.name, _problem(429, f"rate limit ({decision.scope}) exceeded", decision.headers())
         response = await self._forward(request, client, match, decision)
@@ -186,10 +199,10 @@ class GatewayNode:
             return _problem(413, f"body larger than {MAX_BODY_BYTES} bytes", limit_headers)
         try:
             async with (
-                self.breaker(route.backend).guard(),
+                _guarded(self.breaker(route.backend)),
                 self.session(route.backend).request(
                     request.method,
-                    match.upstream_path,
+                    self.config.backends[route.backend] + match.upstream_path,
                     params=request.query,
                     headers=headers,
                     data=body,
@@ -222,6 +235,12 @@ class GatewayNode:
         response = web.Response(status=status, body=content, content_type=content_type)
         response.headers.update(relayed | dict(route.add_response_headers) | limit_headers)
         return response
+
+
+def _guarded(
+    breaker: CircuitBreaker | contextlib.nullcontext[None],
+) -> contextlib.AbstractAsyncContextManager[None]:
+    return breaker.guard() if isinstance(breaker, CircuitBreaker) else contextlib.nullcontext()
 
 
 class BackendFailedError(RuntimeError):

@@ -339,14 +339,15 @@ class _Connection:
             self.up.drain()  # send what the client wrote while we were connecting
 
     async def _connect_upstream(self) -> None:
-        host, port = self.proxy.target
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await loop.create_connection(lambda: self.server, host, port)
-        except (OSError, TimeoutError):
-            self.proxy._upstream_failures += 1
-            self.reset()  # like a path to a dead server: the client's connection breaks
+        for host, port in self.proxy._candidates():
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await loop.create_connection(lambda: self.server, host, port)
+                return
+            except (OSError, TimeoutError):
+                self.proxy._upstream_failures += 1
+        self.reset()  # like a path to a dead server: the client's connection breaks
 
     def pipe_finished(self, pipe: _Pipe) -> None:
         """A pipe delivered the end of its stream: half-close, or close once both ways are done."""
@@ -419,6 +420,7 @@ class ChaosProxy:
         self.name = name
         self._target = target
         self._listen_port = listen_port
+        self._listen_host = LISTEN_HOST
         self._lock = threading.Lock()
         self._fault = Fault()
         """Read by the event loop on every chunk; replaced as a whole, never mutated."""
@@ -555,6 +557,10 @@ class ChaosProxy:
 
     # internals: everything below runs on the proxy's event loop unless said otherwise
 
+    def _candidates(self) -> list[tuple[str, int]]:
+        """Where to connect a new client, in order of preference (katas.infra.balancer has several)."""
+        return [self._target]
+
     def _run(self, ready: concurrent.futures.Future[int]) -> None:
         """The thread: bind, report the port, serve until stop()."""
         loop = asyncio.new_event_loop()
@@ -563,7 +569,7 @@ class ChaosProxy:
             server = loop.run_until_complete(
                 loop.create_server(
                     lambda: _Connection(self).client,
-                    host=LISTEN_HOST,
+                    host=self._listen_host,
                     port=self._listen_port,
                     reuse_address=True,
                     backlog=1024,

@@ -2,6 +2,8 @@
 JSON-line logs, and a graceful stop on SIGTERM.
 
 A service module's `main()` builds its FastAPI app (or none) and its workers, and calls `run_service`.
+A service whose request path is the point of its kata (the API gateway's nodes) may build an aiohttp
+application instead; it gets the same two routes from `aiohttp_reserved_routes()` and the same stop.
 Workers receive a `stop` event; on SIGTERM they finish what they hold (commit offsets, flush a batch) and
 return. If a worker crashes, the service logs it and exits non-zero, so the stack shows it down instead of
 serving half a pipeline.
@@ -21,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from aiohttp import web
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from katas.infra.ports import LOOPBACK
 from katas.infra.settings import infra_settings
 
 Worker = Callable[[asyncio.Event], Awaitable[None]]
@@ -42,6 +46,11 @@ def log(event: str, **fields: Any) -> None:
 def mistakes() -> frozenset[str]:
     """The common-mistake switches this stack was started with (`katas up <kata> --mistake NAME`)."""
     return frozenset(m for m in os.environ.get("KATAS_MISTAKES", "").split(",") if m)
+
+
+def own_url() -> str:
+    """The base URL clients on this machine reach this service at."""
+    return f"http://{LOOPBACK}:{os.environ['KATAS_SERVICE_PORT']}"
 
 
 def publish_endpoints(**values: Any) -> None:
@@ -67,6 +76,18 @@ def http_app(title: str) -> FastAPI:
     return app
 
 
+def aiohttp_reserved_routes() -> list[web.RouteDef]:
+    """/healthz and /metrics for an aiohttp application; register them before any catch-all route."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/healthz", healthz), web.get("/metrics", metrics)]
+
+
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: SIGTERM must stop the HTTP side and the workers together,
     and uvicorn would re-raise the signal after its own shutdown, killing workers mid-flush."""
@@ -76,7 +97,7 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def serve(app: FastAPI | None, workers: Sequence[Worker] = ()) -> None:
+async def serve(app: FastAPI | web.Application | None, workers: Sequence[Worker] = ()) -> None:
     """Run the app on KATAS_SERVICE_PORT and the workers until SIGTERM, then stop both gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,8 +105,16 @@ async def serve(app: FastAPI | None, workers: Sequence[Worker] = ()) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     server: uvicorn.Server | None = None
+    runner: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = []
-    if app is not None:
+    if isinstance(app, web.Application):
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, infra_settings().service_bind_host, int(os.environ["KATAS_SERVICE_PORT"]), backlog=1024
+        )
+        await site.start()
+    elif app is not None:
         config = uvicorn.Config(
             app,
             host=infra_settings().service_bind_host,
@@ -107,6 +136,8 @@ async def serve(app: FastAPI | None, workers: Sequence[Worker] = ()) -> None:
     if server is not None:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if runner is not None:  # after the workers, which may use what the app's cleanup closes
+        await runner.cleanup()  # stops accepting, lets requests in flight finish (up to shutdown_timeout)
     log("stopped")
 
 
@@ -120,7 +151,9 @@ async def _guarded(worker: Worker, stop: asyncio.Event) -> None:
         os._exit(1)  # a half-running pipeline must show as down, not look healthy
 
 
-def run_service(build: Callable[[], Awaitable[tuple[FastAPI | None, Sequence[Worker]]]]) -> None:
+def run_service(
+    build: Callable[[], Awaitable[tuple[FastAPI | web.Application | None, Sequence[Worker]]]],
+) -> None:
     """Entry point of a service module: `run_service(build)` where build returns (app, workers)."""
 
     async def main() -> None:

@@ -20,15 +20,24 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from katas.api_gateway.adapters.pg_config import ConfigStoreUnavailableError, PostgresConfigStore
+from katas.api_gateway import defaults
+from katas.api_gateway.adapters.pg_config import (
+    GLOBAL_SCOPE,
+    ConfigStoreUnavailableError,
+    PostgresConfigStore,
+)
 from katas.api_gateway.config import Client
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Route, Tier
+from katas.api_gateway.settings import gateway_settings
+from katas.infra.service import Worker, aiohttp_reserved_routes, publish_endpoints, run_service
+from katas.infra.settings import infra_settings
 
 MAX_BODY_BYTES = 16 * 1024
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -64,11 +73,15 @@ class AdminApi:
             raise ValueError("the admin token must be at least 16 characters")
         self.store = store
         self.admin_token = admin_token
+        self.public_paths: frozenset[str] = frozenset()
 
-    def app(self) -> web.Application:
+    def app(self, public: Sequence[web.RouteDef] = ()) -> web.Application:
+        """The admin application; `public` routes (a service's /healthz, /metrics) need no token."""
+        self.public_paths = frozenset(route.path for route in public if isinstance(route, web.RouteDef))
         application = web.Application(
             client_max_size=MAX_BODY_BYTES, middlewares=[self._authorized, self._store_errors]
         )
+        application.add_routes(public)
         application.router.add_post("/clients/{name}/keys", self.new_key)
         application.router.add_delete("/keys/{api_key}", self.revoke)
         application.router.add_put("/clients/{name}/limits", self.set_limits)
@@ -82,7 +95,9 @@ class AdminApi:
     @web.middleware
     async def _authorized(self, request: web.Request, handler: Any) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.admin_token.encode()):
+        if request.path not in self.public_paths and not hmac.compare_digest(
+            given.encode(), self.admin_token.encode()
+        ):
             response = _error(401, "the admin token is required")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
@@ -175,3 +190,45 @@ class AdminApi:
             request.match_info["scope"], Limit(body.limit_per_second, body.burst)
         )
         return web.json_response({"version": version})
+
+
+async def seed(store: PostgresConfigStore, stack_secret: str) -> list[dict[str, Any]]:
+    """The stack's routes, limits and demo clients, where the store has none yet; the demo clients as
+    `endpoints.json` lists them."""
+    current = await store.snapshot()
+    if not current.routes.routes:
+        await store.put_routes(defaults.ROUTES)
+        for route, limit in defaults.ROUTE_LIMITS.items():
+            await store.put_limit(route, limit)
+        await store.put_limit(GLOBAL_SCOPE, defaults.GLOBAL_LIMIT)
+    listed = []
+    for demo in defaults.DEMO_CLIENTS:
+        client = current.clients.get(demo.name)
+        if client is None:
+            await store.put_client(demo.name, demo.tier, demo.limit)
+            client = Client(demo.name, demo.tier, demo.limit)
+        api_key = defaults.demo_key(stack_secret, demo.name)
+        await store.add_key(demo.name, api_key)
+        listed.append(
+            {"name": demo.name, "tier": client.tier.value, "api_key": api_key,
+             "limit_per_second": client.limit.rate, "burst": client.limit.burst}
+        )  # fmt: skip
+    return listed
+
+
+async def build() -> tuple[web.Application, Sequence[Worker]]:
+    settings = gateway_settings()
+    store = await PostgresConfigStore(infra_settings().require("postgres_dsn")).open()
+    demo_clients = await seed(store, settings.demo_secret.get_secret_value())
+    app = AdminApi(store, settings.admin_token.get_secret_value()).app(aiohttp_reserved_routes())
+
+    async def close(_: web.Application) -> None:
+        await store.close()
+
+    app.on_cleanup.append(close)
+    publish_endpoints(demo_clients=demo_clients)
+    return app, []
+
+
+if __name__ == "__main__":
+    run_service(build)

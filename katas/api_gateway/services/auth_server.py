@@ -21,14 +21,19 @@ import base64
 import binascii
 import hmac
 import secrets
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from katas.api_gateway.adapters.pg_config import ConfigStoreUnavailableError, PostgresConfigStore
 from katas.api_gateway.config import key_hash
+from katas.api_gateway.defaults import OAUTH_DEMO_CLIENT, derived_secret
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Tier
+from katas.api_gateway.settings import gateway_settings
 from katas.api_gateway.tokens import TokenIssuer
+from katas.infra.service import Worker, aiohttp_reserved_routes, own_url, publish_endpoints, run_service
+from katas.infra.settings import infra_settings
 
 
 async def register_client(
@@ -69,14 +74,11 @@ class AuthorizationServer:
 
     def app(self) -> web.Application:
         application = web.Application(client_max_size=64 * 1024)
+        application.add_routes(aiohttp_reserved_routes())
         application.router.add_post("/oauth/token", self.token)
         application.router.add_get("/.well-known/jwks.json", self.jwks)
         application.router.add_post("/admin/rotate", self.rotate)
-        application.router.add_get("/healthz", self.healthz)
         return application
-
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     async def jwks(self, _: web.Request) -> web.Response:
         return web.json_response(self.issuer.jwks(), headers={"Cache-Control": "max-age=60"})
@@ -106,3 +108,31 @@ class AuthorizationServer:
         token, expires_in = self.issuer.issue(client_id, {"tier": found[0].tier.value})
         body = {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
         return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+async def build() -> tuple[web.Application, Sequence[Worker]]:
+    """The stack's auth server, with the demo OAuth client registered (once: lab changes are kept)."""
+    settings = gateway_settings()
+    store = await PostgresConfigStore(infra_settings().require("postgres_dsn")).open()
+    demo = OAUTH_DEMO_CLIENT
+    secret = derived_secret(settings.demo_secret.get_secret_value(), "oauth-secret", demo.name)
+    if await store.client(demo.name) is None:
+        await register_client(store, demo.name, demo.tier, demo.limit, secret)
+    else:
+        await store.set_oauth_secret(demo.name, secret)
+    issuer = TokenIssuer(settings.token_issuer, settings.token_audience)
+    app = AuthorizationServer(store, issuer, settings.admin_token.get_secret_value()).app()
+
+    async def close(_: web.Application) -> None:
+        await store.close()
+
+    app.on_cleanup.append(close)
+    publish_endpoints(
+        token_url=f"{own_url()}/oauth/token",
+        demo_oauth_client={"client_id": demo.name, "client_secret": secret},
+    )
+    return app, []
+
+
+if __name__ == "__main__":
+    run_service(build)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -29,7 +28,7 @@ from prometheus_client import Counter, Gauge
 
 from katas.infra import kafka
 from katas.infra.ports import LOOPBACK
-from katas.infra.service import Worker, http_app, log, mistakes, publish_endpoints, run_service
+from katas.infra.service import Worker, http_app, log, mistakes, own_url, publish_endpoints, run_service
 from katas.infra.settings import infra_settings
 from katas.infra.udp import enlarge_receive_buffer, kernel_drops
 from katas.siem.framing import Frame, SyslogFramer, split_datagram, syslog_hostname
@@ -214,7 +213,7 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     publish_endpoints(
         syslog_udp=f"{LOOPBACK}:{udp_port}",
         syslog_tcp=f"{LOOPBACK}:{tcp_port}",
-        http_ingest=f"http://{LOOPBACK}:{os.environ['KATAS_SERVICE_PORT']}",
+        http_ingest=own_url(),
     )
     log("listening", syslog_udp=udp_port, syslog_tcp=tcp_port, udp_receive_buffer_bytes=udp_buffer)
 

@@ -5,8 +5,12 @@ configuration current."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,8 +19,10 @@ from aiohttp import web
 
 from katas.api_gateway.adapters.pg_config import ConfigWatcher, PostgresConfigStore
 from katas.api_gateway.config import ConfigHolder, GatewayConfig
+from katas.catalog import get_card
 from katas.infra.ports import LOOPBACK, free_port
 from katas.infra.servers import PostgresServer, ServiceProcess
+from katas.infra.stack import Stack
 
 BACKEND_MODULE = "katas.api_gateway.services.backend"
 
@@ -82,3 +88,17 @@ async def follow(config_store: PostgresConfigStore) -> AsyncIterator[Follow]:
     yield start
     stop.set()
     await asyncio.gather(*watchers)
+
+
+@contextlib.contextmanager
+def gateway_stack(*mistakes: str) -> Iterator[Stack]:
+    """The kata's whole stack, as `katas up api_gateway [--mistake ...]` starts it, in a run directory
+    PostgreSQL can enter (KATAS_KEEP_RUN_DIRS=1 keeps it, with every server's log)."""
+    run = Path(tempfile.mkdtemp(prefix="katas-gateway-"))
+    run.chmod(0o755)
+    try:
+        with Stack.for_card(get_card("api_gateway"), mistakes, run_dir=run / "api_gateway") as stack:
+            yield stack
+    finally:
+        if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
+            shutil.rmtree(run, ignore_errors=True)
