@@ -54,6 +54,24 @@ HOP_BY_HOP = frozenset(
 CLIENT_ONLY = frozenset({"x-api-key", "authorization"})
 """Credentials stop at the gateway: backends get the client's name instead."""
 MAX_BODY_BYTES = 1 << 20
+CLIENT_KEY = web.RequestKey("client", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What a node did with one request: for its metrics and for the usage events billing is made of."""
+
+    at: float
+    """Wall-clock time the request arrived (epoch seconds)."""
+    node: str
+    client: str
+    """The client's name; empty when the request was refused before the client was known."""
+    route: str
+    """The route's name, or why none was taken (`unauthenticated`, `no_route`, `method`, `tier`)."""
+    method: str
+    status: int
+    seconds: float
+    """Time from arrival to the answer, the backend's time included."""
 
 
 @dataclass
@@ -74,8 +92,8 @@ class NodeConfig:
 class Collaborators:
     limiter: SharedLimiter
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
-    observe: Callable[[str, int, float], None] = lambda route, status, seconds: None
-    """Called once per request with the route (or the refusal), the status and the time taken."""
+    observe: Callable[[Served], None] = lambda served: None
+    """Called once per request, after its answer is ready (metrics, usage events)."""
     tokens: TokenVerifier | None = None
     """Bearer tokens are accepted only with a verifier."""
     keys: KeyDirectory | None = None
@@ -126,10 +144,19 @@ class GatewayNode:
         return application
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        arrived, started = time.time(), time.perf_counter()
         label, response = await self._answer(request)
         response.headers["X-Gateway-Node"] = self.config.node_name
-        self.parts.observe(label, response.status, time.perf_counter() - started)
+        served = Served(
+            arrived,
+            self.config.node_name,
+            request.get(CLIENT_KEY, ""),
+            label,
+            request.method,
+            response.status,
+            time.perf_counter() - started,
+        )
+        self.parts.observe(served)
         return response
 
     async def _answer(self, request: web.Request) -> tuple[str, web.Response]:
@@ -142,6 +169,7 @@ class GatewayNode:
             return "unauthenticated", _problem(401, f"bearer token refused: {exc}", challenge)
         if client is None:
             return "unauthenticated", _problem(401, "an X-API-Key or a bearer token is required")
+        request[CLIENT_KEY] = client.name
         current = self.held.current
         match = current.routes.match(request.method, request.path, request.headers, client.tier)
         if isinstance(match, Refusal):

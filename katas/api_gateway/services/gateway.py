@@ -31,7 +31,7 @@ from katas.api_gateway.adapters.redis_limiter import RedisLimiter
 from katas.api_gateway.adapters.sentinel import primary_via_sentinels
 from katas.api_gateway.breaker import BreakerState, CircuitBreaker
 from katas.api_gateway.config import ConfigHolder, GatewayConfig
-from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig
+from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig, Served
 from katas.api_gateway.ratelimit import FailOpenLimiter, LimiterUnavailableError, LocalLimiter, SharedLimiter
 from katas.api_gateway.settings import gateway_settings
 from katas.api_gateway.tokens import TokenVerifier
@@ -54,9 +54,9 @@ CONFIG_ERRORS = Counter("gateway_config_errors", "Failed attempts to follow the 
 BREAKER_OPEN = Gauge("gateway_breaker_open", "1 while a backend's circuit is open", ["backend"])
 
 
-def observe(route: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(route, str(status)).inc()
-    LATENCY.observe(seconds)
+def observe(served: Served) -> None:
+    REQUESTS.labels(served.route, str(served.status)).inc()
+    LATENCY.observe(served.seconds)
 
 
 class Throttled:
