@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import json
 import sys
@@ -40,14 +39,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from katas import REPO_ROOT
-from katas.infra.stack import run_dir_for
 from katas.siem.pseudonymize import PseudonymKind
 from katas.siem.samples import RawEvent, SourceFleet, syslog_5424
-from loadgen import PROFILE_FORMS, LoadProfile, LoadResult, ProfileError, parse_profile, run_load
+from loadgen import PROFILE_FORMS, LoadProfile, LoadResult, ProfileError, parse_profile, run_load, stack
 from loadgen.siem import SiemSender
+from loadgen.stack import EXIT_NOT_RUNNING, EXIT_USAGE, StackNotRunningError
 
 KATA = "siem"
 DEFAULT_PROFILE = "constant:30:60"
@@ -60,52 +57,17 @@ HTTP_CONCURRENCY = 64
 """At most this many HTTP batches in flight: below httpx's pool of 100 connections, so requests never queue
 inside the pool (whose scheduling degrades badly with a long queue)."""
 REQUIRED_ENDPOINTS = ("syslog_udp", "syslog_tcp", "http_ingest")
-EXIT_NOT_RUNNING = 3
-EXIT_USAGE = 2
 
 Transport = Literal["syslog-udp", "syslog-tcp", "http-json", "http-winxml"]
 
 
-class StackNotRunningError(RuntimeError):
-    """The SIEM's endpoints file is missing or incomplete: the stack is not up."""
-
-
 def default_endpoints_path() -> Path:
-    return run_dir_for(KATA) / "endpoints.json"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _host(address: str) -> str:
-    if "://" in address:
-        return urlsplit(address).hostname or ""
-    return address.rsplit(":", 1)[0]
+    return stack.default_endpoints_path(KATA)
 
 
 def read_endpoints(path: Path) -> dict[str, Any]:
     """The running stack's endpoints; StackNotRunningError if there is no stack, ValueError if not local."""
-    if not path.is_file():
-        raise StackNotRunningError(
-            f"no endpoints file at {path}: the SIEM stack is not running. "
-            f"Start it with `katas up {KATA}` (or point --endpoints at a running stack's endpoints.json)."
-        )
-    endpoints: dict[str, Any] = json.loads(path.read_text())
-    missing = [name for name in REQUIRED_ENDPOINTS if name not in endpoints]
-    if missing:
-        raise StackNotRunningError(
-            f"{path} has no {', '.join(missing)}: the ingest service is not up (see `katas status {KATA}`)"
-        )
-    remote = [name for name in REQUIRED_ENDPOINTS if not _is_loopback(_host(str(endpoints[name])))]
-    if remote:
-        raise ValueError(f"the load generator only sends to loopback; {', '.join(remote)} is not local")
-    return endpoints
+    return stack.read_endpoints(KATA, path, REQUIRED_ENDPOINTS)
 
 
 # ------------------------------------------------------------------------------------------ traffic
@@ -366,7 +328,7 @@ async def drive(
 
 
 def default_output() -> Path:
-    return REPO_ROOT / "reports" / KATA / f"load-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    return stack.default_output(KATA)
 
 
 def _positive_int(text: str) -> int:

@@ -80,4 +80,4 @@ def test_main_refuses_a_bad_profile_and_a_missing_stack(
     assert main(["--profile", "constant:ten:30"]) == EXIT_USAGE
     assert "error:" in capsys.readouterr().err
     assert main(["--endpoints", str(tmp_path / "none.json")]) == EXIT_NOT_RUNNING
-    assert "the SIEM stack is not running" in capsys.readouterr().err
+    assert "the siem stack is not running" in capsys.readouterr().err
