@@ -94,6 +94,7 @@ class PostgresConfigStore:
             max_size=max_connections,
             timeout=timeout_s,
             open=False,
+            check=AsyncConnectionPool.check_connection,  # a store restart leaves dead connections behind
             kwargs={"connect_timeout": max(1, round(timeout_s))},
         )
 

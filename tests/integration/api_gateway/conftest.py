@@ -10,12 +10,16 @@ import os
 import shutil
 import ssl
 import tempfile
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from katas.api_gateway.adapters.pg_config import ConfigWatcher, PostgresConfigStore
 from katas.api_gateway.config import ConfigHolder, GatewayConfig
@@ -102,3 +106,50 @@ def gateway_stack(*mistakes: str) -> Iterator[Stack]:
     finally:
         if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
             shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def normal_stack() -> Iterator[Stack]:
+    """One stack without mistakes for the package's tests that only read or add (clients, keys)."""
+    with gateway_stack() as running:
+        yield running
+
+
+async def admin_call(endpoints: dict[str, Any], method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin API call with the stack's admin token: (status, JSON body or None)."""
+    headers = {"Authorization": f"Bearer {endpoints['admin_token']}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.request(method, f"{endpoints['admin']}{path}", json=body) as answer,
+    ):
+        payload = await answer.json() if answer.content_type == "application/json" else None
+        return answer.status, payload
+
+
+async def new_client(endpoints: dict[str, Any], name: str, rate: float, burst: int, tier: str = "pro") -> str:
+    """A client with a fresh key, once every node accepts the key."""
+    status, body = await admin_call(
+        endpoints, "POST", f"/clients/{name}/keys", {"tier": tier, "limit_per_second": rate, "burst": burst}
+    )
+    assert status == 201, body
+    api_key = str(body["api_key"])
+    deadline = time.monotonic() + 10
+    async with aiohttp.ClientSession(headers={"X-API-Key": api_key}) as http:
+        for node in endpoints["nodes"]:
+            while True:
+                async with http.get(f"{node}/orders/echo") as answer:
+                    if answer.status != 401:
+                        break
+                assert time.monotonic() < deadline, f"{node} did not learn the new key of {name}"
+                await asyncio.sleep(0.05)
+    return api_key
+
+
+def node_metric(endpoints: dict[str, Any], name: str) -> float:
+    """The sum over the three nodes of one metric sample (e.g. gateway_limiter_fail_open_total)."""
+    total = 0.0
+    for node in endpoints["nodes"]:
+        text = urllib.request.urlopen(f"{node}/metrics", timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            total += sum(sample.value for sample in family.samples if sample.name == name)
+    return total

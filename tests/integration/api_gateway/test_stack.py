@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -15,20 +14,13 @@ import pytest
 
 from katas.api_gateway.services.backend import BACKENDS
 from katas.infra.stack import Stack
-from tests.integration.api_gateway.conftest import gateway_stack
 
 ACCURACY = 0.05
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with gateway_stack() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def endpoints(stack: Stack) -> dict[str, Any]:
-    return stack.endpoints()
+def endpoints(normal_stack: Stack) -> dict[str, Any]:
+    return normal_stack.endpoints()
 
 
 def _demo(endpoints: dict[str, Any], tier: str) -> dict[str, Any]:
