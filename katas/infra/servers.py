@@ -297,20 +297,27 @@ class RedisServer(Server):
     replica_of: RedisServer | None = None
 
     def command(self) -> list[str]:
-        argv = [
-            _which("redis-server"),
-            "--port", str(self.port),
-            "--bind", LOOPBACK,
-            "--dir", str(self.home),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--repl-diskless-sync-delay", "0",  # the default waits 5 s for more replicas before a sync
-        ]  # fmt: skip
-        if self.replica_of is not None:
-            argv += ["--replicaof", LOOPBACK, str(self.replica_of.port)]
-        return argv
+        """redis-server with a config file, so that what Sentinel rewrites into it (CONFIG REWRITE after a
+        failover: who is whose replica) survives a restart, as it does in production. The file is written
+        anew only when it is not this server's (another port: a new `katas up` in the same folder)."""
+        conf = self.home / "redis.conf"
+        own = f"port {self.port}"
+        if not (conf.is_file() and own in conf.read_text().splitlines()):
+            lines = [
+                own,
+                f"bind {LOOPBACK}",
+                f'dir "{self.home}"',
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "daemonize no",
+                "repl-diskless-sync-delay 0",  # the default waits 5 s for more replicas before a sync
+            ]
+            if self.replica_of is not None:
+                lines.append(f"replicaof {LOOPBACK} {self.replica_of.port}")
+            self.home.mkdir(parents=True, exist_ok=True)
+            conf.write_text("\n".join(lines) + "\n")
+        return [_which("redis-server"), str(conf)]
 
     def healthy(self) -> bool:
         if self.replica_of is None:

@@ -231,6 +231,22 @@ def test_sentinels_promote_the_replica_when_the_primary_is_killed(run_dir: Path,
     promoted.set("after-failover", 1)  # writable
     print(f"sentinel failover took {took:.1f} s")
 
+    # The roles Sentinel gave survive restarts (it rewrites each server's config file), so a restart of
+    # both does not bring back the old topology behind the Sentinels' backs.
+    primary.start()
+    wait_until(
+        lambda: redis.Redis(port=primary.port).info("replication")["role"] == "slave",
+        15,
+        "old primary demoted",
+    )
+    for server in (primary, replica):
+        server.kill()
+    for server in (primary, replica):
+        server.start()
+    assert redis.Redis(port=replica.port).info("replication")["role"] == "master"
+    assert redis.Redis(port=primary.port).info("replication")["role"] == "slave"
+    assert master_port() == replica.port
+
 
 # ---------------------------------------------------------------------------------------- PostgreSQL
 def test_postgres_standby_is_promoted_with_the_primarys_committed_rows(run_dir: Path, launch: Launch) -> None:
