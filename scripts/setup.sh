@@ -14,15 +14,17 @@ command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub  >/dev/null || need_apt+=(mosquitto-clients)
 ls /usr/lib/postgresql/15/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm  >/dev/null || need_apt+=(npm)
+command -v chromium >/dev/null || need_apt+=(chromium)  # the developer portal's browser tests (Playwright)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
   # The packages start system-wide services where systemd runs; the lab starts its own on free ports.
-  for svc in redis-server redis-sentinel mosquitto postgresql; do
+  for svc in redis-server redis-sentinel mosquitto postgresql nginx; do
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

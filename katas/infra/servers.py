@@ -692,6 +692,68 @@ class ChdbStore(Server):
         return {"KATAS_CLICKHOUSE_URL": self.endpoint, "KATAS_CHDB_PATH": str(self.data_dir)}
 
 
+# ----------------------------------------------------------------------------------------------- nginx
+@dataclass
+class NginxServer(Server):
+    """nginx as a plain reverse proxy with `limit_req` in front of a kata's HTTP backends: the baseline a
+    hand-built gateway's overhead is measured against (katas check api_gateway). Each upstream is a path
+    prefix and a base URL; requests are limited per `X-API-Key` to `rate_per_s` with `burst`."""
+
+    kind: ClassVar[str] = "nginx"
+    upstreams: dict[str, str] = field(default_factory=dict)
+    rate_per_s: int = 10_000
+    burst: int = 5_000
+
+    def command(self) -> list[str]:
+        conf = self.home / "nginx.conf"
+        conf.write_text(self._config())
+        return [_which("nginx"), "-p", str(self.home), "-c", str(conf), "-e", str(self.home / "error.log")]
+
+    def _config(self) -> str:
+        temp = {name: self.home / f"tmp-{name}" for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        for folder in temp.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        locations = "\n".join(
+            f"""        location {prefix}/ {{
+            limit_req zone=clients burst={self.burst} nodelay;
+            proxy_pass {url.rstrip("/")};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}"""
+            for prefix, url in self.upstreams.items()
+        )
+        user = "user root root;" if os.geteuid() == 0 else ""
+        return f"""{user}
+daemon off;
+worker_processes 1;
+pid {self.home / "nginx.pid"};
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    limit_req_zone $http_x_api_key zone=clients:10m rate={self.rate_per_s}r/s;
+    limit_req_status 429;
+    keepalive_requests 100000;
+    server {{
+        listen {LOOPBACK}:{self.port};
+        location = /nginx-health {{ return 200 "ok"; }}
+{locations}
+    }}
+}}
+"""
+
+    def healthy(self) -> bool:
+        return _http_ok(f"http://{self.address}/nginx-health")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.client_address}"
+
+
 # -------------------------------------------------------------------------------------- kata services
 @dataclass
 class ServiceProcess(Server):
@@ -753,6 +815,7 @@ SERVER_KINDS: Mapping[str, type[Server]] = {
         S3rverServer,
         TansuBroker,
         ChdbStore,
+        NginxServer,
     )
 }
 

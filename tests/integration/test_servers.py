@@ -4,9 +4,12 @@ and the failover each kind of server must support for the katas that use it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +29,14 @@ from katas.infra.s3 import s3_client
 from katas.infra.servers import (
     ChdbStore,
     MosquittoBroker,
+    NginxServer,
     PostgresServer,
     RedisSentinel,
     RedisServer,
     S3rverServer,
     Server,
     ServerError,
+    ServiceProcess,
     TansuBroker,
 )
 
@@ -366,3 +371,26 @@ def test_kill_and_stop_leave_no_process_behind(run_dir: Path, launch: Launch) ->
         assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+
+
+# ---------------------------------------------------------------------------------------------- nginx
+def test_nginx_proxies_to_its_upstreams_and_limits_each_api_key(run_dir: Path, launch: Launch) -> None:
+    backend = launch(
+        ServiceProcess("orders", run_dir, module="katas.api_gateway.services.backend", args=["orders"])
+    )
+    nginx = launch(
+        NginxServer("nginx", run_dir, upstreams={"/orders": backend.endpoint}, rate_per_s=5, burst=3)
+    )
+    statuses = []
+    for _ in range(8):
+        request = urllib.request.Request(f"{nginx.endpoint}/orders/items/1", headers={"X-API-Key": "k1"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                statuses.append(answer.status)
+                assert json.loads(answer.read())["id"] == "1"
+        except urllib.error.HTTPError as refused:
+            statuses.append(refused.code)
+    assert statuses[:4] == [200] * 4, "the burst passes"
+    assert 429 in statuses[4:], "then limit_req refuses"
+    nginx.kill()
+    assert not nginx.is_running()
