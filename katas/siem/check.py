@@ -61,14 +61,12 @@ import json
 import math
 import re
 import shutil
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import httpx
@@ -78,9 +76,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from katas.catalog import KataCard, Nfr, get_card
+from katas.checking import card_target, new_run_dir, not_measured, percentile, sigterm_as_interrupt
 from katas.infra import bench
 from katas.infra.clickhouse import ClickHouse, ClickHouseError
-from katas.infra.stack import Stack, run_dir_for
+from katas.infra.stack import Stack
 from katas.scorecard import REPORTS_ROOT, Measurement, Scorecard
 from katas.siem import cold as cold_tier
 from katas.siem import lifecycle, storage
@@ -211,21 +210,14 @@ SHORT = Plan(
 )
 
 
-def _target(card: KataCard, metric: str) -> float:
-    for nfr in card.nfr:
-        if nfr.metric == metric and nfr.target is not None:
-            return nfr.target
-    raise LookupError(f"the {card.id} card has no NFR with metric {metric!r}")
-
-
 def full_plan(card: KataCard) -> Plan:
     """The card's own targets: the sustained rate for 60 s, the burst for 10 s, the full store volume."""
-    sustained = _target(card, "ingest_events_per_s")
+    sustained = card_target(card, "ingest_events_per_s")
     return Plan(
         name="full",
         sustained_target=sustained,
         sustained_s=60,
-        burst_target=_target(card, "burst_ingest_events_per_s"),
+        burst_target=card_target(card, "burst_ingest_events_per_s"),
         burst_base=sustained,
         burst_s=30,
         burst_start_s=10,
@@ -251,17 +243,6 @@ def card_for(plan: Plan, card: KataCard) -> KataCard:
 
 
 # -------------------------------------------------------------------------------------- statistics
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def not_measured(metric: str, unit: str, reason: str) -> Measurement:
-    return Measurement(metric, math.nan, unit, f"not measured: {reason}")
-
-
 # ---------------------------------------------------------------------------------------- pipeline
 def _metric_values(text: str) -> dict[str, float]:
     """Prometheus text as `name{labels}` -> value."""
@@ -1205,16 +1186,6 @@ async def measure(
         await pipe.aclose()
 
 
-def new_run_dir(root: Path | None = None) -> Path:
-    base = root or run_dir_for(CHECK_RUN_NAME)
-    path = base / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    suffix = itertools.count(2)
-    while path.exists():
-        path = path.with_name(f"{path.name.split('-')[0]}-{next(suffix)}")
-    path.mkdir(parents=True)
-    return path
-
-
 def run_check(
     plan: Plan,
     *,
@@ -1229,7 +1200,7 @@ def run_check(
     out = console or Console()
     base = get_card(KATA)
     card = card_for(plan, base)
-    folder = run_dir or new_run_dir()
+    folder = run_dir or new_run_dir(CHECK_RUN_NAME)
     out.print(f"[bold]katas check {KATA}[/] ({plan.name}): stack in {escape(str(folder))}", highlight=False)
     out.print(
         f"broker ceiling: katas.infra.bench kafka.produce for {plan.bench_seconds:g} s", highlight=False
@@ -1285,10 +1256,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(args: list[str]) -> int:
     options = parser().parse_args(args)
     card = get_card(KATA)
@@ -1296,23 +1263,21 @@ def main(args: list[str]) -> int:
     if options.backfill_events is not None:
         plan = replace(plan, backfill_events=max(0, options.backfill_events))
     console = Console()
-    previous = signal.signal(signal.SIGTERM, _terminate)  # stop the stack on SIGTERM as on Ctrl-C
     try:
-        report = run_check(
-            plan,
-            seed=options.seed,
-            keep_run_dir=options.keep,
-            progress=not options.no_progress,
-            console=console,
-        )
+        with sigterm_as_interrupt():  # stop the stack on SIGTERM as on Ctrl-C
+            report = run_check(
+                plan,
+                seed=options.seed,
+                keep_run_dir=options.keep,
+                progress=not options.no_progress,
+                console=console,
+            )
     except KeyboardInterrupt:
         console.print("interrupted: the check's stack was stopped", highlight=False)
         return 130
     except CheckError as exc:
         console.print(f"[red]check failed:[/] {escape(str(exc))}", highlight=False)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     console.print(report.scorecard.render_table())
     for m in report.scorecard.measurements.values():
         if math.isnan(m.value) and m.detail:
