@@ -38,8 +38,10 @@ def run_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def launch() -> Iterator[Callable[[S], S]]:
-    """Start servers for one test; every one is stopped afterwards, by its PID, whatever happened."""
+def launch(run_dir: Path) -> Iterator[Callable[[S], S]]:
+    """Start servers for one test; every one is stopped afterwards, by its PID, whatever happened. It
+    depends on `run_dir` so that the servers stop before their folder is deleted, whatever order a test
+    asks for the two in."""
     started: list[Server] = []
 
     def _launch(server: S) -> S:

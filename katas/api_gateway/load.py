@@ -69,6 +69,9 @@ class GatewayTraffic:
     base_url: str
     keys: Sequence[str]
     connections: int = DEFAULT_CONNECTIONS
+    backends: Mapping[str, str] | None = None
+    """Backend name -> its own base URL: send each request straight to its backend instead of to
+    `base_url` (the direct path the check compares the gateway with)."""
     timeout_s: float = 10.0
     keep_timeline: bool = False
     mix: Sequence[tuple[str, str]] = REQUEST_MIX
@@ -93,6 +96,11 @@ class GatewayTraffic:
         method, path = self.mix[i % len(self.mix)]
         return method, path, self.keys[(i // len(self.mix)) % len(self.keys)]
 
+    def url_for(self, path: str) -> str:
+        if self.backends is None:
+            return self.base_url + path
+        return self.backends[path.split("/", 2)[1]] + path
+
     async def __call__(self, i: int) -> None:
         assert self._session is not None, "use `async with GatewayTraffic(...)`"
         method, path, key = self.request_for(i)
@@ -100,7 +108,7 @@ class GatewayTraffic:
         started = time.monotonic()
         try:
             async with self._session.request(
-                method, self.base_url + path, data=body, headers={"X-API-Key": key}
+                method, self.url_for(path), data=body, headers={"X-API-Key": key}
             ) as answer:
                 await answer.read()
                 status = answer.status

@@ -34,6 +34,21 @@ class GatewaySettings(BaseSettings):
     """Connections per backend and node (one shared pool of this size under `no-circuit-breaker`)."""
     limiter_timeout_s: float = 0.25
     """Bound on one limiter call: past it the node decides alone (fail-open)."""
+    usage_topic: str = "gateway.usage"
+    """Topic of the usage events every node produces and the aggregator consumes (partition key: client)."""
+    usage_partitions: int = 3
+    """Partitions of the usage topic, when a node or the aggregator creates it."""
+    usage_buffer: int = 100_000
+    """Usage events a node holds while the broker is slow or down; beyond it the oldest are dropped."""
+    usage_url: str = ""
+    """Base URL of the usage API; the developer portal reads it server-side with the admin token."""
+    portal_secret: SecretStr = Field(default=SecretStr(""), repr=False)
+    """Signs the portal's session cookies and CSRF tokens (GW_PORTAL_SECRET, a stack secret); when empty the
+    portal makes a random one, and its sessions end with the process."""
+    portal_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    """How long a portal sign-in lasts (the session row and the cookie expire together)."""
+    portal_secure_cookie: bool = False
+    """Mark the portal's cookies Secure: set it where the portal is served over HTTPS (not on loopback)."""
 
     def backend_urls(self) -> dict[str, str]:
         pairs = [part.split("=", 1) for part in self.backends.split(",") if part.strip()]

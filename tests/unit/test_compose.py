@@ -59,7 +59,7 @@ EXPECTED_SERVERS: dict[str, set[str]] = {
         "redis-sentinel-1",
         "redis-sentinel-2",
         "redis-sentinel-3",
-        "etcd",
+        "postgres",
         "redpanda",
         "clickhouse",
     },

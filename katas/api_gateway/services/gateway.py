@@ -2,7 +2,8 @@
 
 Wires a `GatewayNode` (katas.api_gateway.node) to the real servers: the configuration store it follows,
 the limiter's Redis found through the Sentinels (failing open to this node's share of each limit, with a
-log line and a metric), the auth server's JWKS, and the backends. `/healthz` and `/metrics` are reserved
+log line and a metric), the auth server's JWKS, the backends, and the broker that carries one usage event
+per request to the analytics pipeline (katas.api_gateway.adapters.usage_events: never on the request path). `/healthz` and `/metrics` are reserved
 on every node; every other path is proxied.
 
 The kata's common mistakes are switched on here (`katas up api_gateway --mistake NAME`):
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 from katas.api_gateway.adapters.pg_config import ConfigWatcher, PostgresConfigStore, PostgresKeyLookup
 from katas.api_gateway.adapters.redis_limiter import RedisLimiter
 from katas.api_gateway.adapters.sentinel import primary_via_sentinels
+from katas.api_gateway.adapters.usage_events import UsageRecorder
 from katas.api_gateway.breaker import BreakerState, CircuitBreaker
 from katas.api_gateway.config import ConfigHolder, GatewayConfig
 from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig, Served
@@ -134,6 +136,17 @@ async def build() -> tuple[web.Application, Sequence[Worker]]:
         BREAKER_OPEN.labels(backend).set(1 if state is BreakerState.OPEN else 0)
         log("breaker", backend=backend, state=state.value)
 
+    recorder = UsageRecorder(
+        service_name(),
+        settings.usage_topic,
+        capacity=settings.usage_buffer,
+        partitions=settings.usage_partitions,
+    )
+
+    def observed(served: Served) -> None:
+        observe(served)
+        recorder.record(served)  # O(1), no I/O: the recorder's worker sends events to the broker
+
     backends = settings.backend_urls()
     node = GatewayNode(
         NodeConfig(
@@ -145,7 +158,7 @@ async def build() -> tuple[web.Application, Sequence[Worker]]:
         Collaborators(
             _limiter(redis, switches, settings.node_count),
             breakers={name: CircuitBreaker(name, on_change=breaker_moved) for name in backends},
-            observe=observe,
+            observe=observed,
             tokens=TokenVerifier(fetch_jwks, settings.token_issuer, settings.token_audience)
             if settings.auth_url
             else None,
@@ -156,12 +169,13 @@ async def build() -> tuple[web.Application, Sequence[Worker]]:
     app = node.app(aiohttp_reserved_routes())
 
     async def close(_: web.Application) -> None:
+        await recorder.close()  # the events of requests answered after the worker stopped
         await http.close()
         await redis.aclose()
         await store.close()
 
     app.on_cleanup.append(close)
-    workers: list[Worker] = []
+    workers: list[Worker] = [recorder.run]
     if "config-needs-restart" not in switches:
         workers.append(watcher.run)
     log(

@@ -14,6 +14,7 @@ import pytest
 
 from katas.api_gateway.services.backend import BACKENDS
 from katas.infra.stack import Stack
+from tests.integration.api_gateway.conftest import new_client
 
 ACCURACY = 0.05
 
@@ -28,7 +29,7 @@ def _demo(endpoints: dict[str, Any], tier: str) -> dict[str, Any]:
 
 
 def test_endpoints_json_has_the_contract(endpoints: dict[str, Any]) -> None:
-    for entry in ("gateway", "token_url", "admin", "admin_token"):
+    for entry in ("gateway", "token_url", "admin", "admin_token", "portal", "usage"):
         assert isinstance(endpoints[entry], str), entry
         assert endpoints[entry], entry
     assert len(endpoints["nodes"]) == 3
@@ -147,3 +148,29 @@ async def test_one_limit_holds_across_the_three_nodes_through_the_entry(endpoint
     assert statuses[429] > statuses[200], "the client was driven beyond its limit"
     assert len(nodes) == 3
     assert abs(statuses[200] - due) <= ACCURACY * due
+
+
+async def test_requests_through_the_gateway_show_up_in_the_usage_api(endpoints: dict[str, Any]) -> None:
+    """Analytics end to end: node -> usage event on the broker -> aggregator -> chDB -> usage API."""
+    api_key = await new_client(endpoints, "metered", rate=1000, burst=1000)
+    async with aiohttp.ClientSession(headers={"X-API-Key": api_key}) as http:
+        for path in ["/orders/items/1"] * 7 + ["/catalog/echo"] * 5:
+            async with http.get(f"{endpoints['gateway']}{path}") as answer:
+                assert answer.status == 200
+    admin = {"Authorization": f"Bearer {endpoints['admin_token']}"}
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(headers=admin) as http:
+        while True:
+            async with http.get(f"{endpoints['usage']}/usage", params={"client": "metered"}) as answer:
+                assert answer.status == 200
+                minutes = (await answer.json())["minutes"]
+            by_route = Counter[str]()
+            for row in minutes:
+                by_route[row["route"]] += row["requests"]
+            if by_route == Counter(
+                {"orders": 7 + len(endpoints["nodes"]), "catalog": 5}
+            ):  # + new_client's probes
+                break
+            assert time.monotonic() < deadline, f"usage after 30 s: {dict(by_route)}"
+            await asyncio.sleep(0.5)
+    assert all(row["p99_ms"] >= row["p50_ms"] > 0 for row in minutes)
