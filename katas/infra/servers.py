@@ -289,6 +289,12 @@ def _scrape_metrics(url: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- Redis
+def _kept_config(path: Path, port: int) -> bool:
+    """Whether a config file Redis or Sentinel rewrote is this instance's, to be kept across its restarts.
+    A new `katas up` in the same folder gets new ports: then the file is stale and is written anew."""
+    return path.is_file() and f"port {port}" in path.read_text().splitlines()
+
+
 @dataclass
 class RedisServer(Server):
     """Redis 7 with AOF persistence, optionally a replica of another Redis."""
@@ -301,10 +307,9 @@ class RedisServer(Server):
         failover: who is whose replica) survives a restart, as it does in production. The file is written
         anew only when it is not this server's (another port: a new `katas up` in the same folder)."""
         conf = self.home / "redis.conf"
-        own = f"port {self.port}"
-        if not (conf.is_file() and own in conf.read_text().splitlines()):
+        if not _kept_config(conf, self.port):
             lines = [
-                own,
+                f"port {self.port}",
                 f"bind {LOOPBACK}",
                 f'dir "{self.home}"',
                 "appendonly yes",
@@ -359,8 +364,8 @@ class RedisSentinel(Server):
         return self.home / "sentinel.conf"
 
     def prepare(self) -> None:
-        # Sentinel rewrites its own config with what it learns; keep it across restarts.
-        if self.config_path.exists():
+        # Sentinel rewrites its own config with what it learns; keep it across restarts of this instance.
+        if _kept_config(self.config_path, self.port):
             return
         if self.primary is None or not self.primary.port:
             raise ValueError(f"sentinel {self.name}: start the primary first")

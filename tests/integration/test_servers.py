@@ -394,3 +394,19 @@ def test_nginx_proxies_to_its_upstreams_and_limits_each_api_key(run_dir: Path, l
     assert 429 in statuses[4:], "then limit_req refuses"
     nginx.kill()
     assert not nginx.is_running()
+
+
+def test_redis_and_sentinel_start_again_in_the_same_folder_on_new_ports(
+    run_dir: Path, launch: Launch
+) -> None:
+    """A second `katas up` reuses the run folder but gets new ports: config files the servers rewrote for
+    the old ports must not be kept (Sentinel would listen on, and watch, the old ones)."""
+    first = [launch(RedisServer("redis", run_dir))]
+    first.append(launch(RedisSentinel("sentinel-1", run_dir, primary=first[0])))
+    for server in reversed(first):
+        server.stop()
+    primary = launch(RedisServer("redis", run_dir))
+    sentinel = launch(RedisSentinel("sentinel-1", run_dir, primary=primary))
+    assert primary.port != first[0].port
+    reply = redis.Redis(port=sentinel.port).sentinel_get_master_addr_by_name("katas")
+    assert int(reply[1]) == primary.port
