@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 from katas import REPO_ROOT
 from katas.infra.stack import run_dir_for
+from loadgen.profiles import Profile, ProfileError, parse_profile
 
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
@@ -66,3 +68,47 @@ def read_endpoints(
     if remote:
         raise ValueError(f"the load generator only sends to loopback; {', '.join(remote)} is not local")
     return endpoints
+
+
+class LoadSetupError(RuntimeError):
+    """A load run cannot start: a bad profile (exit 2), no stack (exit 3) or a non-local address (exit 2)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def add_run_options(parser: argparse.ArgumentParser, kata: str) -> None:
+    """The options every kata's `katas load` has besides its profile."""
+    parser.add_argument(
+        "--endpoints",
+        type=Path,
+        default=None,
+        help=f"the stack's endpoints.json (default: {default_endpoints_path(kata)})",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="where to write the LoadResult as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def open_run(
+    kata: str,
+    profile_text: str,
+    endpoints_path: Path | None,
+    required: Sequence[str],
+    *,
+    local: Sequence[str] = (),
+) -> tuple[Profile, dict[str, Any]]:
+    """The parsed profile and the running stack's endpoints, or LoadSetupError with what to do."""
+    try:
+        profile = parse_profile(profile_text)
+    except ProfileError as exc:
+        raise LoadSetupError(str(exc), EXIT_USAGE) from exc
+    try:
+        endpoints = read_endpoints(
+            kata, endpoints_path or default_endpoints_path(kata), required, local=local
+        )
+    except StackNotRunningError as exc:
+        raise LoadSetupError(str(exc), EXIT_NOT_RUNNING) from exc
+    except ValueError as exc:
+        raise LoadSetupError(str(exc), EXIT_USAGE) from exc
+    return profile, endpoints

@@ -45,8 +45,15 @@ from rich.markup import escape
 
 from katas.api_gateway.load import GatewayTraffic, Sent, create_load_clients, until_accepted
 from katas.api_gateway.services.backend import BACKENDS
-from katas.catalog import KataCard, Nfr, get_card
-from katas.checking import card_target, new_run_dir, not_measured, sigterm_as_interrupt
+from katas.catalog import KataCard, get_card
+from katas.checking import (
+    card_target,
+    new_run_dir,
+    not_measured,
+    print_report,
+    sigterm_as_interrupt,
+    with_reduced_targets,
+)
 from katas.infra.servers import NginxServer
 from katas.infra.stack import Stack
 from katas.scorecard import REPORTS_ROOT, Measurement, Scorecard
@@ -111,8 +118,6 @@ queueing for the two cores, not the gateway's overhead; at 60-90 req/s the gatew
 asks for 250 req/s sustained and a 400 req/s burst, and measures added latency at 60 req/s; the card's
 1,500 and 5,000 req/s, with latency measured in the sustained run, stay with `katas check api_gateway`."""
 
-SHORT_NOTE = "short check on a 2-core machine: {target:,} req/s (the card's {card:,} req/s is what `katas check {kata}` measures)"
-
 
 def full_plan(card: KataCard) -> Plan:
     sustained = card_target(card, "throughput_rps")
@@ -131,16 +136,9 @@ def full_plan(card: KataCard) -> Plan:
 
 def card_for(plan: Plan, card: KataCard) -> KataCard:
     """The card the run is judged against: the short check's throughput rows carry its reduced targets."""
-    reduced = {"throughput_rps": plan.sustained_rps, "burst_rps": plan.burst_rps}
-    rows: list[Nfr] = []
-    for nfr in card.nfr:
-        target = reduced.get(nfr.metric or "")
-        if target is None or nfr.target is None or target == nfr.target:
-            rows.append(nfr)
-            continue
-        note = SHORT_NOTE.format(target=int(target), card=int(nfr.target), kata=KATA)
-        rows.append(nfr.model_copy(update={"target": target, "miniature": f"{nfr.miniature} ({note})"}))
-    return card.model_copy(update={"nfr": rows})
+    return with_reduced_targets(
+        card, {"throughput_rps": plan.sustained_rps, "burst_rps": plan.burst_rps}, "req/s"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -477,9 +475,4 @@ def main(args: list[str]) -> int:
     except CheckError as exc:
         console.print(f"[red]check failed:[/] {escape(str(exc))}", highlight=False)
         return 1
-    console.print(report.scorecard.render_table())
-    for m in report.scorecard.measurements.values():
-        if math.isnan(m.value) and m.detail:
-            console.print(f"{m.metric}: {m.detail}", highlight=False, markup=False)
-    console.print(f"scorecard written to {report.report_dir}", highlight=False, markup=False)
-    return 0 if report.scorecard.passed() else 1
+    return print_report(console, report.scorecard, report.report_dir)

@@ -19,14 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from loadgen import PROFILE_FORMS, LoadProfile, LoadResult, ProfileError, parse_profile, run_load
+from loadgen import PROFILE_FORMS, LoadProfile, LoadResult, run_load
 from loadgen import stack as stack_endpoints
-from loadgen.stack import EXIT_NOT_RUNNING, EXIT_USAGE, StackNotRunningError
+from loadgen.stack import EXIT_NOT_RUNNING
 
 KATA = "api_gateway"
 REQUIRED_ENDPOINTS = ("gateway", "admin", "admin_token")
@@ -203,33 +202,19 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONNECTIONS,
         help="keep-alive connections to the entry",
     )
-    p.add_argument(
-        "--endpoints",
-        type=Path,
-        default=None,
-        help=f"the stack's endpoints.json (default: {stack_endpoints.default_endpoints_path(KATA)})",
-    )
-    p.add_argument("--output", type=Path, default=None, help="where to write the LoadResult as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    stack_endpoints.add_run_options(p, KATA)
     return p
 
 
 def main(args: list[str]) -> int:
     options = parser().parse_args(args)
     try:
-        profile = parse_profile(options.profile)
-    except ProfileError as exc:
+        profile, endpoints = stack_endpoints.open_run(
+            KATA, options.profile, options.endpoints, REQUIRED_ENDPOINTS, local=("gateway", "admin")
+        )
+    except stack_endpoints.LoadSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    path = options.endpoints or stack_endpoints.default_endpoints_path(KATA)
-    try:
-        endpoints = stack_endpoints.read_endpoints(KATA, path, REQUIRED_ENDPOINTS, local=("gateway", "admin"))
-    except StackNotRunningError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     print(
         f"api_gateway load: {profile.describe()} through {endpoints['gateway']}, {LOAD_CLIENTS} load clients"
     )

@@ -75,8 +75,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.markup import escape
 
-from katas.catalog import KataCard, Nfr, get_card
-from katas.checking import card_target, new_run_dir, not_measured, percentile, sigterm_as_interrupt
+from katas.catalog import KataCard, get_card
+from katas.checking import (
+    card_target,
+    new_run_dir,
+    not_measured,
+    percentile,
+    print_report,
+    sigterm_as_interrupt,
+    with_reduced_targets,
+)
 from katas.infra import bench
 from katas.infra.clickhouse import ClickHouse, ClickHouseError
 from katas.infra.stack import Stack
@@ -139,11 +147,6 @@ QUERIES_24H: tuple[dict[str, str], ...] = (
 FULL_RETENTION_QUERY = {"q": "Accepted password"}
 RELIABLE = ("syslog-tcp", "http-json", "http-winxml")
 """Transports that must not lose an event (UDP has no way to push back, see the ingest service)."""
-
-SHORT_NOTE = (
-    "short check on a 2-core machine: {target:,} events/s (the card's {card:,} events/s is what "
-    "`katas check siem` measures)"
-)
 
 
 # ------------------------------------------------------------------------------------------- plans
@@ -230,16 +233,11 @@ def full_plan(card: KataCard) -> Plan:
 
 def card_for(plan: Plan, card: KataCard) -> KataCard:
     """The card the run is judged against: the short check's throughput rows carry its reduced targets."""
-    reduced = {"ingest_events_per_s": plan.sustained_target, "burst_ingest_events_per_s": plan.burst_target}
-    rows: list[Nfr] = []
-    for nfr in card.nfr:
-        target = reduced.get(nfr.metric or "")
-        if target is None or nfr.target is None or target == nfr.target:
-            rows.append(nfr)
-            continue
-        note = SHORT_NOTE.format(target=int(target), card=int(nfr.target))
-        rows.append(nfr.model_copy(update={"target": target, "miniature": f"{nfr.miniature} ({note})"}))
-    return card.model_copy(update={"nfr": rows})
+    return with_reduced_targets(
+        card,
+        {"ingest_events_per_s": plan.sustained_target, "burst_ingest_events_per_s": plan.burst_target},
+        "events/s",
+    )
 
 
 # -------------------------------------------------------------------------------------- statistics
@@ -1278,9 +1276,4 @@ def main(args: list[str]) -> int:
     except CheckError as exc:
         console.print(f"[red]check failed:[/] {escape(str(exc))}", highlight=False)
         return 1
-    console.print(report.scorecard.render_table())
-    for m in report.scorecard.measurements.values():
-        if math.isnan(m.value) and m.detail:
-            console.print(f"{m.metric}: {m.detail}", highlight=False, markup=False)
-    console.print(f"scorecard written to {report.report_dir}", highlight=False, markup=False)
-    return 0 if report.scorecard.passed() else 1
+    return print_report(console, report.scorecard, report.report_dir)

@@ -42,9 +42,9 @@ from typing import Any, Literal
 
 from katas.siem.pseudonymize import PseudonymKind
 from katas.siem.samples import RawEvent, SourceFleet, syslog_5424
-from loadgen import PROFILE_FORMS, LoadProfile, LoadResult, ProfileError, parse_profile, run_load, stack
+from loadgen import PROFILE_FORMS, LoadProfile, LoadResult, run_load, stack
 from loadgen.siem import SiemSender
-from loadgen.stack import EXIT_NOT_RUNNING, EXIT_USAGE, StackNotRunningError
+from loadgen.stack import EXIT_NOT_RUNNING
 
 KATA = "siem"
 DEFAULT_PROFILE = "constant:30:60"
@@ -355,12 +355,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help="events per operation")
     p.add_argument(
-        "--endpoints",
-        type=Path,
-        default=None,
-        help=f"the stack's endpoints.json (default: {default_endpoints_path()})",
-    )
-    p.add_argument(
         "--attacks",
         type=_seconds,
         default=DEFAULT_ATTACK_EVERY_S,
@@ -368,27 +362,17 @@ def parser() -> argparse.ArgumentParser:
         help="inject every attack scenario each SECONDS seconds; 0 turns it off",
     )
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the simulated fleet")
-    p.add_argument("--output", type=Path, default=None, help="where to write the LoadResult as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    stack.add_run_options(p, KATA)
     return p
 
 
 def main(args: list[str]) -> int:
     options = parser().parse_args(args)
     try:
-        profile = parse_profile(options.profile)
-    except ProfileError as exc:
+        profile, endpoints = stack.open_run(KATA, options.profile, options.endpoints, REQUIRED_ENDPOINTS)
+    except stack.LoadSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    path = options.endpoints or default_endpoints_path()
-    try:
-        endpoints = read_endpoints(path)
-    except StackNotRunningError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     events = profile.intended_count() * options.batch
     print(
         f"siem load: {profile.describe()} x {options.batch} events = {events:,} events over "

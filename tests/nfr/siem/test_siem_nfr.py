@@ -23,6 +23,7 @@ import pytest
 from katas.catalog import get_card
 from katas.scorecard import HTML_NAME, JSON_NAME, REPORTS_ROOT
 from katas.siem.check import SHORT, CheckReport, card_for, run_check
+from tests.nfr.rows import assert_reduced_rows_are_documented, assert_row_meets_target
 
 pytestmark = pytest.mark.nfr
 
@@ -47,30 +48,12 @@ def measured_rows() -> list[str]:
 
 def test_the_short_plan_documents_its_reduced_rates() -> None:
     card = get_card("siem")
-    short = card_for(SHORT, card)
-    for original, reduced in zip(card.nfr, short.nfr, strict=True):
-        if original.metric in REDUCED:
-            assert reduced.target is not None
-            assert original.target is not None
-            assert reduced.target < original.target
-            assert f"{int(reduced.target):,} events/s" in reduced.miniature
-        else:
-            assert reduced == original, f"{original.id} must keep the card's target"
+    assert_reduced_rows_are_documented(card, card_for(SHORT, card), REDUCED, "events/s")
 
 
 @pytest.mark.parametrize("metric", measured_rows())
 def test_each_measured_nfr_meets_its_target(report: CheckReport, metric: str) -> None:
-    nfr = next(n for n in report.card.nfr if n.metric == metric)
-    measurement = report.scorecard.measurements.get(metric)
-    assert measurement is not None, f"{metric}: the check did not record it"
-    if math.isnan(measurement.value):
-        assert metric == "query_full_retention_p95_s", f"{metric} was not measured: {measurement.detail}"
-        pytest.skip(f"{metric}: {measurement.detail}")
-    target = f"{nfr.op.value if nfr.op else '?'} {nfr.target:,g} {nfr.unit}"
-    assert nfr.passes(measurement.value), (
-        f"{nfr.name}: measured {measurement.value:,.3f} {measurement.unit}, target {target} "
-        f"({nfr.miniature}); {measurement.detail}"
-    )
+    assert_row_meets_target(report.card, report.scorecard, metric, may_skip=("query_full_retention_p95_s",))
 
 
 def test_the_broker_ratio_is_reported(report: CheckReport) -> None:

@@ -9,18 +9,10 @@ from typing import Any, cast
 
 import pytest
 
-from katas.siem.load import (
-    ATTACK_SCENARIOS,
-    EXIT_NOT_RUNNING,
-    EXIT_USAGE,
-    SiemTraffic,
-    StackNotRunningError,
-    build_attack,
-    main,
-    read_endpoints,
-)
+from katas.siem.load import ATTACK_SCENARIOS, SiemTraffic, build_attack, main, read_endpoints
 from katas.siem.samples import SourceFleet
 from loadgen.siem import SiemSender
+from loadgen.stack import EXIT_NOT_RUNNING, EXIT_USAGE, StackNotRunningError
 
 NO_SENDER = cast(SiemSender, None)  # batches and attacks are drawn without sending anything
 

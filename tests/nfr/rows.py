@@ -1,0 +1,42 @@
+"""What every kata's NFR test asserts about a short check's scorecard, in one place."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import pytest
+
+from katas.catalog import KataCard
+from katas.scorecard import Scorecard
+
+
+def assert_reduced_rows_are_documented(
+    card: KataCard, short: KataCard, reduced: Collection[str], unit: str
+) -> None:
+    """The short card lowers exactly the `reduced` rows, says so in their text, and keeps every other row."""
+    for original, row in zip(card.nfr, short.nfr, strict=True):
+        if original.metric in reduced:
+            assert row.target is not None
+            assert original.target is not None
+            assert row.target < original.target
+            assert f"{int(row.target):,} {unit}" in row.miniature
+        else:
+            assert row == original, f"{original.id} must keep the card's target"
+
+
+def assert_row_meets_target(
+    card: KataCard, scorecard: Scorecard, metric: str, *, may_skip: Collection[str] = ()
+) -> None:
+    """The row was measured and meets its target; a row in `may_skip` not measured is skipped with why."""
+    nfr = next(n for n in card.nfr if n.metric == metric)
+    measurement = scorecard.measurements.get(metric)
+    assert measurement is not None, f"{metric}: the check did not record it"
+    if math.isnan(measurement.value):
+        assert metric in may_skip, f"{metric} was not measured: {measurement.detail}"
+        pytest.skip(f"{metric}: {measurement.detail}")
+    target = f"{nfr.op.value if nfr.op else '?'} {nfr.target:,g} {nfr.unit}"
+    assert nfr.passes(measurement.value), (
+        f"{nfr.name}: measured {measurement.value:,.3f} {measurement.unit}, target {target} "
+        f"({nfr.miniature}); {measurement.detail}"
+    )
