@@ -184,7 +184,7 @@ def test_unknown_mistake_is_refused(demo_env: dict[str, str]) -> None:
     [
         ["up", "ota_fleet"],
         ["status", "sensors"],
-        ["chaos", "api_gateway", "kill", "redis"],
+        ["chaos", "saas_tenancy", "kill", "redis"],
         ["load", "hybrid_deploy"],
         ["check", "dr"],
         ["lab", "ota_fleet"],
@@ -209,19 +209,21 @@ def test_list_and_card_show_every_kata() -> None:
     assert "unknown kata 'nope'" in unknown.stderr
 
 
+@pytest.mark.parametrize("kata", ["siem", "api_gateway"])
 @pytest.mark.parametrize(("command", "option"), [("load", "--profile"), ("check", "--short")])
-def test_load_and_check_pass_help_and_options_to_the_kata(command: str, option: str) -> None:
-    own = katas(dict(os.environ), command, "siem", "--help")
+def test_load_and_check_pass_help_and_options_to_the_kata(command: str, option: str, kata: str) -> None:
+    own = katas(dict(os.environ), command, kata, "--help")
     assert own.returncode == 0, own.stderr
-    assert f"usage: katas {command} siem" in own.stdout
+    assert f"usage: katas {command} {kata}" in own.stdout
     assert option in own.stdout
     general = katas(dict(os.environ), command, "--help")
     assert general.returncode == 0
     assert f"katas {command} KATA --help" in general.stdout
 
 
-def test_load_without_a_running_stack_says_how_to_start_it() -> None:
-    not_running = katas(dict(os.environ), "load", "siem", "--endpoints", "/nonexistent/endpoints.json")
+@pytest.mark.parametrize("kata", ["siem", "api_gateway"])
+def test_load_without_a_running_stack_says_how_to_start_it(kata: str) -> None:
+    not_running = katas(dict(os.environ), "load", kata, "--endpoints", "/nonexistent/endpoints.json")
     assert not_running.returncode == 3
-    assert "the SIEM stack is not running" in not_running.stderr
-    assert "katas up siem" in not_running.stderr
+    assert f"the {kata} stack is not running" in not_running.stderr
+    assert f"katas up {kata}" in not_running.stderr
