@@ -85,6 +85,12 @@ def create_ca(directory: Path, common_name: str = "Kata Lab gateway CA") -> Pki:
     return pki
 
 
+def ensure_ca(directory: Path) -> Pki:
+    """The stack's CA in `directory`, made on first use (the admin service does it before the nodes start)."""
+    pki = Pki(directory)
+    return pki if pki.ca_cert.is_file() and pki.ca_key.is_file() else create_ca(directory)
+
+
 def issue(pki: Pki, common_name: str, *, server_names: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A certificate for a server (`server_names`: DNS names or IP addresses) or, without them, a client.
     Returns the paths of the certificate and its private key."""

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -76,6 +77,10 @@ def http_app(title: str) -> FastAPI:
     return app
 
 
+EXTRA_SITES = web.AppKey("extra_sites", list[tuple[int, ssl.SSLContext]])
+"""More listening ports for an aiohttp application, each with its TLS context (a gateway node's mTLS port)."""
+
+
 def aiohttp_reserved_routes() -> list[web.RouteDef]:
     """/healthz and /metrics for an aiohttp application; register them before any catch-all route."""
 
@@ -114,6 +119,8 @@ async def serve(app: FastAPI | web.Application | None, workers: Sequence[Worker]
             runner, infra_settings().service_bind_host, int(os.environ["KATAS_SERVICE_PORT"]), backlog=1024
         )
         await site.start()
+        for port, context in app.get(EXTRA_SITES, []):
+            await web.TCPSite(runner, infra_settings().service_bind_host, port, ssl_context=context).start()
     elif app is not None:
         config = uvicorn.Config(
             app,

@@ -21,6 +21,7 @@ import hmac
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,7 @@ from katas.api_gateway.adapters.pg_config import (
     PostgresConfigStore,
 )
 from katas.api_gateway.config import Client
+from katas.api_gateway.pki import ensure_ca, issue
 from katas.api_gateway.ratelimit import Limit
 from katas.api_gateway.routing import Route, Tier
 from katas.api_gateway.settings import gateway_settings
@@ -220,13 +222,22 @@ async def build() -> tuple[web.Application, Sequence[Worker]]:
     settings = gateway_settings()
     store = await PostgresConfigStore(infra_settings().require("postgres_dsn")).open()
     demo_clients = await seed(store, settings.demo_secret.get_secret_value())
+    # The stack's CA for mutual TLS, made here because the admin service starts before the nodes, and a
+    # client certificate for the enterprise demo client.
+    pki = ensure_ca(Path(infra_settings().require("kata_run_dir")) / "pki")
+    enterprise = next(c for c in defaults.DEMO_CLIENTS if c.tier is Tier.ENTERPRISE)
+    cert, key = issue(pki, enterprise.name)
     app = AdminApi(store, settings.admin_token.get_secret_value()).app(aiohttp_reserved_routes())
 
     async def close(_: web.Application) -> None:
         await store.close()
 
     app.on_cleanup.append(close)
-    publish_endpoints(demo_clients=demo_clients)
+    publish_endpoints(
+        demo_clients=demo_clients,
+        ca_cert=str(pki.ca_cert),
+        demo_client_certificate={"client": enterprise.name, "cert": str(cert), "key": str(key)},
+    )
     return app, []
 
 

@@ -18,8 +18,10 @@ The kata's common mistakes are switched on here (`katas up api_gateway --mistake
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,10 +36,21 @@ from katas.api_gateway.adapters.usage_events import UsageRecorder
 from katas.api_gateway.breaker import BreakerState, CircuitBreaker
 from katas.api_gateway.config import ConfigHolder, GatewayConfig
 from katas.api_gateway.node import Collaborators, GatewayNode, NodeConfig, Served
+from katas.api_gateway.pki import ensure_ca, issue, server_context
 from katas.api_gateway.ratelimit import FailOpenLimiter, LimiterUnavailableError, LocalLimiter, SharedLimiter
 from katas.api_gateway.settings import gateway_settings
 from katas.api_gateway.tokens import TokenVerifier
-from katas.infra.service import Worker, aiohttp_reserved_routes, log, mistakes, run_service, service_name
+from katas.infra.ports import LOOPBACK, free_port
+from katas.infra.service import (
+    EXTRA_SITES,
+    Worker,
+    aiohttp_reserved_routes,
+    log,
+    mistakes,
+    publish_endpoints,
+    run_service,
+    service_name,
+)
 from katas.infra.settings import infra_settings
 
 REQUESTS = Counter(
@@ -167,6 +180,13 @@ async def build() -> tuple[web.Application, Sequence[Worker]]:
         held,
     )
     app = node.app(aiohttp_reserved_routes())
+    # Mutual TLS on a port of its own, with a server certificate from the stack's CA: a client certificate
+    # from that CA names the client (API keys and tokens work there too).
+    pki = ensure_ca(Path(infra.require("kata_run_dir")) / "pki")
+    cert, key = issue(pki, service_name(), server_names=(LOOPBACK, "localhost"))
+    tls_port = free_port()
+    app[EXTRA_SITES] = [(tls_port, server_context(pki, cert, key))]
+    publish_endpoints(**{f"{service_name()}_tls": f"https://{LOOPBACK}:{tls_port}"})
 
     async def close(_: web.Application) -> None:
         await recorder.close()  # the events of requests answered after the worker stopped
@@ -184,6 +204,7 @@ async def build() -> tuple[web.Application, Sequence[Worker]]:
         mistakes=sorted(switches),
         backends=sorted(backends),
     )
+    gc.freeze()  # what start-up made lives for good: full collections then pause the loop ~1 ms, not ~80 ms
     return app, workers
 
 

@@ -7,7 +7,9 @@ test says what users see and checks the kata's availability rules:
   every limit as a ceiling, and the shared limiter is back by itself once Redis is;
 - with the configuration store down, nodes serve with what they hold; changes wait and then arrive;
 - a hung backend costs its own route one timeout per breaker window, then fast 503s; a dead one fast
-  502/503s; other routes see nothing, and the route heals by itself once the backend is back.
+  502/503s; other routes see nothing, and the route heals by itself once the backend is back;
+- with the broker down requests pass as before; their usage events wait in the nodes and are all counted
+  once it is back.
 
 One stack for the module; every test leaves it whole for the next.
 """
@@ -266,3 +268,35 @@ async def test_a_dead_backend_gets_fast_refusals_and_heals_when_it_is_back(
     enterprise = next(c for c in endpoints["demo_clients"] if c["tier"] == "enterprise")["api_key"]
     healed = await _probe(endpoints, enterprise, "/catalog/items", RECOVERY_LIMIT_S)
     assert any(status == 200 for _, status, _ in healed), "catalog answers again through the gateway"
+
+
+async def test_the_broker_down_requests_pass_and_their_usage_arrives_once_it_is_back(
+    stack: Stack, endpoints: dict[str, Any]
+) -> None:
+    api_key = await new_client(endpoints, "metered-through-an-outage", rate=1000, burst=1000)
+    broker = stack["kafka"]
+    statuses: Counter[int] = Counter()
+    broker.kill()
+    try:
+        async with aiohttp.ClientSession(headers={"X-API-Key": api_key}) as http:
+            for _ in range(50):
+                async with http.get(f"{endpoints['gateway']}/orders/items/1") as answer:
+                    statuses[answer.status] += 1
+    finally:
+        broker.start()
+    print(f"broker killed: users saw {dict(statuses)}")
+    assert statuses == Counter({200: 50}), "usage events wait in each node's buffer, requests do not"
+    restarted = time.monotonic()
+    admin = {"Authorization": f"Bearer {endpoints['admin_token']}"}
+    expected = 50 + len(endpoints["nodes"])  # and new_client's probes, one per node
+    async with aiohttp.ClientSession(headers=admin) as http:
+        while True:
+            async with http.get(
+                f"{endpoints['usage']}/usage", params={"client": "metered-through-an-outage"}
+            ) as a:
+                counted = sum(row["requests"] for row in (await a.json())["minutes"])
+            if counted == expected:
+                break
+            assert time.monotonic() - restarted < 90, f"usage counted {counted} of {expected} after 90 s"
+            await asyncio.sleep(1.0)
+    print(f"every usage event was counted {time.monotonic() - restarted:.1f} s after the broker restarted")

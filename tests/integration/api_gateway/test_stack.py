@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from katas.api_gateway.pki import Pki, client_context
 from katas.api_gateway.services.backend import BACKENDS
 from katas.infra.stack import Stack
 from tests.integration.api_gateway.conftest import new_client
@@ -174,3 +176,23 @@ async def test_requests_through_the_gateway_show_up_in_the_usage_api(endpoints: 
             assert time.monotonic() < deadline, f"usage after 30 s: {dict(by_route)}"
             await asyncio.sleep(0.5)
     assert all(row["p99_ms"] >= row["p50_ms"] > 0 for row in minutes)
+
+
+async def test_a_client_certificate_from_the_stacks_ca_identifies_the_client_on_every_node(
+    endpoints: dict[str, Any],
+) -> None:
+    demo = endpoints["demo_client_certificate"]
+    pki = Pki(Path(endpoints["ca_cert"]).parent)
+    with_certificate = client_context(pki, Path(demo["cert"]), Path(demo["key"]))
+    for node in ("gw1", "gw2", "gw3"):
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=with_certificate)) as http,
+            http.get(f"{endpoints[f'{node}_tls']}/users/echo") as answer,
+        ):
+            assert answer.status == 200
+            assert (await answer.json())["headers"]["x-client"] == demo["client"]
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(pki))) as http,
+        http.get(f"{endpoints['gw1_tls']}/users/echo") as answer,
+    ):
+        assert answer.status == 401, "TLS alone is not a credential"
