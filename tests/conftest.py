@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -25,16 +26,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, folder))
 
 
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
+@contextlib.contextmanager
+def reachable_run_dir(prefix: str = "katas-test-") -> Iterator[Path]:
     """A run directory every server can reach: PostgreSQL runs as its own user, and pytest's own
     tmp_path sits under a folder only root may enter. KATAS_KEEP_RUN_DIRS=1 keeps it (and the servers'
-    logs in it) after the test, for a post-mortem."""
-    path = Path(tempfile.mkdtemp(prefix="katas-test-"))
+    logs in it) afterwards, for a post-mortem."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
-    yield path
-    if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
-        shutil.rmtree(path, ignore_errors=True)
+    try:
+        yield path
+    finally:
+        if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A run directory for one test (see `reachable_run_dir`)."""
+    with reachable_run_dir() as path:
+        yield path
 
 
 @pytest.fixture

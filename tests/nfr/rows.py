@@ -7,8 +7,13 @@ from collections.abc import Collection
 
 import pytest
 
-from katas.catalog import KataCard
+from katas.catalog import KataCard, get_card
 from katas.scorecard import Scorecard
+
+
+def measured_metrics(kata: str) -> list[str]:
+    """The metrics of the card's rows that a check measures (for parametrizing a row test)."""
+    return [n.metric for n in get_card(kata).nfr if n.metric is not None]
 
 
 def assert_reduced_rows_are_documented(

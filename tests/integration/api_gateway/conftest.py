@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import ssl
-import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,6 +24,7 @@ from katas.catalog import get_card
 from katas.infra.ports import LOOPBACK, free_port
 from katas.infra.servers import PostgresServer, ServiceProcess
 from katas.infra.stack import Stack
+from tests.conftest import reachable_run_dir
 
 BACKEND_MODULE = "katas.api_gateway.services.backend"
 
@@ -98,14 +96,11 @@ async def follow(config_store: PostgresConfigStore) -> AsyncIterator[Follow]:
 def gateway_stack(*mistakes: str) -> Iterator[Stack]:
     """The kata's whole stack, as `katas up api_gateway [--mistake ...]` starts it, in a run directory
     PostgreSQL can enter (KATAS_KEEP_RUN_DIRS=1 keeps it, with every server's log)."""
-    run = Path(tempfile.mkdtemp(prefix="katas-gateway-"))
-    run.chmod(0o755)
-    try:
-        with Stack.for_card(get_card("api_gateway"), mistakes, run_dir=run / "api_gateway") as stack:
-            yield stack
-    finally:
-        if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
-            shutil.rmtree(run, ignore_errors=True)
+    with (
+        reachable_run_dir("katas-gateway-") as run,
+        Stack.for_card(get_card("api_gateway"), mistakes, run_dir=run / "api_gateway") as stack,
+    ):
+        yield stack
 
 
 @pytest.fixture(scope="package")

@@ -10,33 +10,23 @@ stack and the load generator at once; the card's 1,500 and 5,000 req/s are measu
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from katas.api_gateway.check import SHORT, CheckReport, card_for, run_check
 from katas.catalog import get_card
 from katas.scorecard import HTML_NAME, JSON_NAME, REPORTS_ROOT
-from tests.nfr.rows import assert_reduced_rows_are_documented, assert_row_meets_target
+from tests.conftest import reachable_run_dir
+from tests.nfr.rows import assert_reduced_rows_are_documented, assert_row_meets_target, measured_metrics
 
 REDUCED = {"throughput_rps", "burst_rps"}
 
 
 @pytest.fixture(scope="module")
 def report() -> Iterator[CheckReport]:
-    run_dir = Path(tempfile.mkdtemp(prefix="katas-nfr-gateway-"))
-    run_dir.chmod(0o755)
-    try:
+    with reachable_run_dir("katas-nfr-gateway-") as run_dir:
         yield run_check(SHORT, run_dir=run_dir, reports_root=REPORTS_ROOT, progress=False)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def measured_rows() -> list[str]:
-    return [n.metric for n in get_card("api_gateway").nfr if n.metric is not None]
 
 
 def test_the_short_plan_documents_its_reduced_rates() -> None:
@@ -44,7 +34,7 @@ def test_the_short_plan_documents_its_reduced_rates() -> None:
     assert_reduced_rows_are_documented(card, card_for(SHORT, card), REDUCED, "req/s")
 
 
-@pytest.mark.parametrize("metric", measured_rows())
+@pytest.mark.parametrize("metric", measured_metrics("api_gateway"))
 def test_each_measured_nfr_meets_its_target(report: CheckReport, metric: str) -> None:
     assert_row_meets_target(report.card, report.scorecard, metric)
 

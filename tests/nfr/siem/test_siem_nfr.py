@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from katas.catalog import get_card
 from katas.scorecard import HTML_NAME, JSON_NAME, REPORTS_ROOT
 from katas.siem.check import SHORT, CheckReport, card_for, run_check
-from tests.nfr.rows import assert_reduced_rows_are_documented, assert_row_meets_target
+from tests.conftest import reachable_run_dir
+from tests.nfr.rows import assert_reduced_rows_are_documented, assert_row_meets_target, measured_metrics
 
 pytestmark = pytest.mark.nfr
 
@@ -34,16 +32,8 @@ REDUCED = {"ingest_events_per_s", "burst_ingest_events_per_s"}
 def report() -> Iterator[CheckReport]:
     """One short check for the module, on a stack in a run directory of its own (as tests/conftest.py's
     `run_dir`, module-scoped); the scorecard goes to reports/siem/ like the CLI's."""
-    run_dir = Path(tempfile.mkdtemp(prefix="katas-nfr-siem-"))
-    run_dir.chmod(0o755)
-    try:
+    with reachable_run_dir("katas-nfr-siem-") as run_dir:
         yield run_check(SHORT, run_dir=run_dir, reports_root=REPORTS_ROOT, progress=False)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def measured_rows() -> list[str]:
-    return [n.metric for n in get_card("siem").nfr if n.metric is not None]
 
 
 def test_the_short_plan_documents_its_reduced_rates() -> None:
@@ -51,7 +41,7 @@ def test_the_short_plan_documents_its_reduced_rates() -> None:
     assert_reduced_rows_are_documented(card, card_for(SHORT, card), REDUCED, "events/s")
 
 
-@pytest.mark.parametrize("metric", measured_rows())
+@pytest.mark.parametrize("metric", measured_metrics("siem"))
 def test_each_measured_nfr_meets_its_target(report: CheckReport, metric: str) -> None:
     assert_row_meets_target(report.card, report.scorecard, metric, may_skip=("query_full_retention_p95_s",))
 
@@ -66,6 +56,6 @@ def test_the_scorecard_files_were_written(report: CheckReport) -> None:
     assert report.report_dir.parent == REPORTS_ROOT / "siem"
     document = json.loads((report.report_dir / JSON_NAME).read_text())
     assert document["kata"] == "siem"
-    assert {o["metric"] for o in document["outcomes"] if o["metric"]} == set(measured_rows())
+    assert {o["metric"] for o in document["outcomes"] if o["metric"]} == set(measured_metrics("siem"))
     assert [r["label"] for r in document["load_results"]] == [r.label for r in report.scorecard.load_results]
     assert "<svg" in (report.report_dir / HTML_NAME).read_text()
