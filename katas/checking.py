@@ -7,14 +7,14 @@ import contextlib
 import itertools
 import math
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 
-from katas.catalog import KataCard, Nfr
+from katas.catalog import KataCard
 from katas.infra.stack import run_dir_for
 from katas.scorecard import Measurement, Scorecard
 
@@ -36,23 +36,6 @@ def card_target(card: KataCard, metric: str) -> float:
         if nfr.metric == metric and nfr.target is not None:
             return nfr.target
     raise LookupError(f"the {card.id} card has no NFR with metric {metric!r}")
-
-
-def with_reduced_targets(card: KataCard, reduced: Mapping[str, float], unit: str) -> KataCard:
-    """The card a short check is judged against: the rows in `reduced` (metric -> target) carry the short
-    check's lower targets, and their miniature text says so; every other row keeps the card's."""
-    rows: list[Nfr] = []
-    for nfr in card.nfr:
-        target = reduced.get(nfr.metric or "")
-        if target is None or nfr.target is None or target == nfr.target:
-            rows.append(nfr)
-            continue
-        note = (
-            f"short check on a 2-core machine: {int(target):,} {unit} (the card's {int(nfr.target):,} {unit} "
-            f"is what `katas check {card.id}` measures)"
-        )
-        rows.append(nfr.model_copy(update={"target": target, "miniature": f"{nfr.miniature} ({note})"}))
-    return card.model_copy(update={"nfr": rows})
 
 
 def print_report(console: Console, scorecard: Scorecard, report_dir: Path) -> int:

@@ -75,7 +75,7 @@ def observe(served: Served) -> None:
 
 
 class Throttled:
-    """At most one log line per `every_s` for a repeating event (a limiter outage at 1,500 req/s)."""
+    """At most one log line per `every_s` for a repeating event (a limiter outage under load)."""
 
     def __init__(self, event: str, every_s: float = 1.0) -> None:
         self.event, self.every_s, self.last, self.suppressed = event, every_s, 0.0, 0
