@@ -190,39 +190,18 @@ class Plan:
         )
 
 
-def short_plan(card: KataCard) -> Plan:
-    """CI's check: the card's rates over shorter runs (15 s sustained, an 8 s burst) and no backfill, so
-    the full-retention row is left to the full check."""
+def plan_for(card: KataCard, *, short: bool) -> Plan:
+    """The card's rates. The full check runs them for the card's durations (60 s sustained, a 10 s burst)
+    over the full store volume; the short one (CI's) for 15 s and 8 s, and leaves the full-retention row to
+    the full check."""
     sustained = card_target(card, "ingest_events_per_s")
+    burst = card_target(card, "burst_ingest_events_per_s")
+    if short:
+        return Plan("short", sustained, 15, burst, sustained, burst_s=12, burst_start_s=2, burst_length_s=8)
     return Plan(
-        name="short",
-        sustained_target=sustained,
-        sustained_s=15,
-        burst_target=card_target(card, "burst_ingest_events_per_s"),
-        burst_base=sustained,
-        burst_s=12,
-        burst_start_s=2,
-        burst_length_s=8,
-    )
-
-
-def full_plan(card: KataCard) -> Plan:
-    """The card's rates for the card's durations: the sustained rate for 60 s, the burst for 10 s, and the
-    full store volume."""
-    sustained = card_target(card, "ingest_events_per_s")
-    return Plan(
-        name="full",
-        sustained_target=sustained,
-        sustained_s=60,
-        burst_target=card_target(card, "burst_ingest_events_per_s"),
-        burst_base=sustained,
-        burst_s=30,
-        burst_start_s=10,
-        burst_length_s=10,
-        queries_24h=30,
-        bench_seconds=10,
-        backfill_events=FULL_RETENTION_EVENTS,
-    )
+        "full", sustained, 60, burst, sustained, burst_s=30, burst_start_s=10, burst_length_s=10,
+        queries_24h=30, bench_seconds=10, backfill_events=FULL_RETENTION_EVENTS,
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------- statistics
@@ -1245,7 +1224,7 @@ def parser() -> argparse.ArgumentParser:
 def main(args: list[str]) -> int:
     options = parser().parse_args(args)
     card = get_card(KATA)
-    plan = short_plan(card) if options.short else full_plan(card)
+    plan = plan_for(card, short=options.short)
     if options.backfill_events is not None:
         plan = replace(plan, backfill_events=max(0, options.backfill_events))
     console = Console()

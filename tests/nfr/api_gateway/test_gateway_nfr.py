@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from katas.api_gateway.check import CheckReport, full_plan, run_check, short_plan
+from katas.api_gateway.check import CheckReport, plan_for, run_check
 from katas.catalog import get_card
 from katas.checking import card_target
 from katas.scorecard import HTML_NAME, JSON_NAME, REPORTS_ROOT
@@ -24,13 +24,16 @@ from tests.nfr.rows import assert_row_meets_target, measured_metrics
 def report() -> Iterator[CheckReport]:
     with reachable_run_dir("katas-nfr-gateway-") as run_dir:
         yield run_check(
-            short_plan(get_card("api_gateway")), run_dir=run_dir, reports_root=REPORTS_ROOT, progress=False
+            plan_for(get_card("api_gateway"), short=True),
+            run_dir=run_dir,
+            reports_root=REPORTS_ROOT,
+            progress=False,
         )
 
 
 def test_the_short_plan_runs_the_cards_rates_for_less_time() -> None:
     card = get_card("api_gateway")
-    short, full = short_plan(card), full_plan(card)
+    short, full = plan_for(card, short=True), plan_for(card, short=False)
     rates = (card_target(card, "throughput_rps"), card_target(card, "burst_rps"))
     assert (short.sustained_rps, short.burst_rps) == (full.sustained_rps, full.burst_rps) == rates
     assert short.sustained_s < full.sustained_s

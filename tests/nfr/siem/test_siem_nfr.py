@@ -16,7 +16,7 @@ import pytest
 from katas.catalog import get_card
 from katas.checking import card_target
 from katas.scorecard import HTML_NAME, JSON_NAME, REPORTS_ROOT
-from katas.siem.check import CheckReport, full_plan, run_check, short_plan
+from katas.siem.check import CheckReport, plan_for, run_check
 from tests.conftest import reachable_run_dir
 from tests.nfr.rows import assert_row_meets_target, measured_metrics
 
@@ -29,13 +29,13 @@ def report() -> Iterator[CheckReport]:
     `run_dir`, module-scoped); the scorecard goes to reports/siem/ like the CLI's."""
     with reachable_run_dir("katas-nfr-siem-") as run_dir:
         yield run_check(
-            short_plan(get_card("siem")), run_dir=run_dir, reports_root=REPORTS_ROOT, progress=False
+            plan_for(get_card("siem"), short=True), run_dir=run_dir, reports_root=REPORTS_ROOT, progress=False
         )
 
 
 def test_the_short_plan_runs_the_cards_rates_for_less_time() -> None:
     card = get_card("siem")
-    short, full = short_plan(card), full_plan(card)
+    short, full = plan_for(card, short=True), plan_for(card, short=False)
     assert (short.sustained_target, short.burst_target) == (full.sustained_target, full.burst_target)
     rates = (card_target(card, "ingest_events_per_s"), card_target(card, "burst_ingest_events_per_s"))
     assert (short.sustained_target, short.burst_target) == rates
