@@ -209,3 +209,35 @@ def parse_timestamp(value: object) -> datetime:
 
 def format_timestamp(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RecentReadings:
+    """Remembers the last few timestamps of every sensor, to tell a redelivered reading from a new one.
+
+    MQTT QoS 1 and the log both deliver at least once, so the same reading (same sensor, same timestamp)
+    can arrive twice; counted twice it would skew a window's count and mean. A sensor reports every 10 s,
+    so its last `depth` timestamps cover the last minutes, longer than any redelivery takes to arrive.
+    Memory is `depth` timestamps per sensor, whatever the rate."""
+
+    __slots__ = ("_depth", "_seen")
+
+    def __init__(self, depth: int = 8) -> None:
+        self._depth = depth
+        self._seen: dict[str, list[datetime]] = {}
+
+    def first_time(self, reading: Reading) -> bool:
+        """True the first time a (sensor, timestamp) is offered; False for a repeat."""
+        key = reading.place.topic
+        recent = self._seen.get(key)
+        if recent is None:
+            self._seen[key] = [reading.ts]
+            return True
+        if reading.ts in recent:
+            return False
+        recent.append(reading.ts)
+        if len(recent) > self._depth:
+            recent.remove(min(recent))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)

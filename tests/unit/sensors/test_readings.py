@@ -21,6 +21,7 @@ from katas.sensors.readings import (
     InvalidReadingError,
     Place,
     Reading,
+    RecentReadings,
     format_timestamp,
 )
 
@@ -149,3 +150,20 @@ def test_every_plausible_value_of_every_type_is_accepted(kind: str, fraction: fl
     reading = Reading.from_mqtt(TOPIC, payload(type=kind, value=value, unit=UNITS[kind], ts=ts), now=NOW)  # type: ignore[index]
     assert math.isclose(reading.value, value)
     assert abs((NOW - reading.ts).total_seconds() - age_s) < 0.002
+
+
+def test_a_repeated_reading_is_recognised_and_memory_stays_per_sensor() -> None:
+    seen = RecentReadings(depth=4)
+    first = Reading.from_mqtt(TOPIC, payload(), now=NOW)
+    assert seen.first_time(first)
+    assert not seen.first_time(Reading.from_mqtt(TOPIC, payload(), now=NOW))
+    later = [
+        Reading.from_mqtt(TOPIC, payload(ts=format_timestamp(NOW - timedelta(seconds=60 - 10 * i))), now=NOW)
+        for i in range(6)
+    ]
+    assert all(seen.first_time(r) for r in later)
+    assert not seen.first_time(later[-1])
+    assert len(seen) == 1
+    other = Reading.from_mqtt(TOPIC.replace("s-0042", "s-0043"), payload(sensor_id="s-0043"), now=NOW)
+    assert seen.first_time(other)
+    assert len(seen) == 2

@@ -1,0 +1,195 @@
+"""Aggregator: `sensors.readings` -> 10 s and 1 min event-time windows per zone, floor and building.
+
+Every second the open 10 s windows that changed go to the live view in Redis (what the HVAC API and the
+dashboard read, so they trail the readings by about a second plus the pipeline's lag), and the windows
+that became final go to ClickHouse as 1-minute rows. Once an hour of 1-minute rows is final, it is rolled
+up inside ClickHouse into a 1-hour row (`storage.rollup_hours`).
+
+Offsets are committed only up to the first reading whose 1-minute window is still open. After a crash the
+aggregator reads those readings again and rebuilds the open windows exactly; nothing that was only in
+memory is lost. A window that was already final and is rebuilt in part (an out-of-order reading read
+again) can only have fewer readings than the stored row, and the table keeps the row with the most
+(ReplacingMergeTree versioned by count). Readings delivered twice (MQTT and the log are at least once) are
+recognised by sensor and timestamp and counted once.
+
+Readings too late for their window (beyond the allowed lateness) are counted and logged, not added; the
+raw store keeps them, so a retroactive rule or a recomputation still sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge
+
+from katas.infra import kafka
+from katas.infra.clickhouse import ClickHouse
+from katas.infra.service import Worker, http_app, log, run_service
+from katas.infra.settings import infra_settings
+from katas.sensors.aggregation import Added, WindowAggregator, WindowResult
+from katas.sensors.readings import InvalidReadingError, Reading, RecentReadings
+from katas.sensors.storage import LIVE_SIZE_S, LiveView, ensure_schema, rollup_hours, store_windows
+from katas.sensors.topics import READINGS, TOPIC_PARTITIONS
+
+AGGREGATED = Counter("aggregator_readings", "readings added to windows")
+DUPLICATES = Counter(
+    "aggregator_duplicates", "readings seen before (same sensor and timestamp), not counted again"
+)
+LATE = Counter("aggregator_late", "readings too late for their window")
+UNREADABLE = Counter("aggregator_unreadable", "records on the readings topic that are not readings")
+STORED = Counter("aggregator_windows_stored", "final 1-minute windows written to ClickHouse")
+LIVE = Counter("aggregator_live_updates", "live-view fields written to Redis")
+OPEN_WINDOWS = Gauge("aggregator_open_windows", "windows in memory, not final yet")
+FLUSH_EVERY_S = 1.0
+GROUP = "aggregator"
+T = TypeVar("T")
+CLOSED = -1
+"""The pending end of a record that holds nothing open (late, duplicate, unreadable)."""
+
+
+@dataclass
+class SafeOffsets:
+    """Per partition, the records consumed and the end (µs) of the longest window each one is in, so the
+    committed offset never passes a reading whose window is still open."""
+
+    _pending: dict[TopicPartition, deque[tuple[int, int]]] = field(default_factory=dict)
+
+    def consumed(self, tp: TopicPartition, offset: int, window_end_us: int) -> None:
+        self._pending.setdefault(tp, deque()).append((offset, window_end_us))
+
+    def committable(self, watermark_us: int) -> dict[TopicPartition, int]:
+        """The offsets to commit: past every record whose windows are final by `watermark_us`."""
+        offsets = {}
+        for tp, pending in self._pending.items():
+            last_safe = None
+            while pending and pending[0][1] <= watermark_us:
+                last_safe = pending.popleft()[0]
+            if last_safe is not None:
+                offsets[tp] = last_safe + 1
+        return offsets
+
+
+@dataclass
+class Aggregation:
+    ch: ClickHouse
+    live: LiveView
+    windows: WindowAggregator = field(default_factory=WindowAggregator)
+    seen: RecentReadings = field(default_factory=RecentReadings)
+    offsets: SafeOffsets = field(default_factory=SafeOffsets)
+    longest_s: int = 60
+
+    def take(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            reading = Reading.from_json(record.value or b"")
+        except (InvalidReadingError, ValueError) as exc:
+            UNREADABLE.inc()
+            log("unreadable", offset=record.offset, error=str(exc)[:200])
+            self.offsets.consumed(tp, record.offset, CLOSED)
+            return
+        if not self.seen.first_time(reading):
+            DUPLICATES.inc()
+            self.offsets.consumed(tp, record.offset, CLOSED)
+            return
+        outcome = self.windows.add(reading)
+        if isinstance(outcome, Added):
+            AGGREGATED.inc()
+            ts_us = int(reading.ts.timestamp() * 1_000_000)
+            size_us = self.longest_s * 1_000_000
+            self.offsets.consumed(tp, record.offset, ts_us - ts_us % size_us + size_us)
+        else:
+            LATE.inc()
+            self.offsets.consumed(tp, record.offset, CLOSED)
+
+    async def flush(self) -> dict[TopicPartition, int]:
+        """Write what changed; the offsets now safe to commit."""
+        results = self.windows.flush()
+        OPEN_WINDOWS.set(self.windows.open_windows)
+        final = [r for r in results if r.final]
+        STORED.inc(await store_windows(self.ch, final))
+        LIVE.inc(await self.live.write([r for r in results if r.size_s == LIVE_SIZE_S]))
+        await rollup_hours(self.ch, _hours_final_by(final))
+        watermark = self.windows.watermark
+        if watermark is None:
+            return {}
+        return self.offsets.committable(int(watermark.timestamp() * 1_000_000))
+
+
+def _hours_final_by(final: Sequence[WindowResult]) -> list[datetime]:
+    """The hours whose last minute just became final: their 1-hour rows can be rolled up now."""
+    return sorted(
+        {
+            r.start.replace(minute=0, second=0, microsecond=0)
+            for r in final
+            if r.size_s == 60 and r.end.minute == 0 and r.end.second == 0
+        }
+    )
+
+
+async def aggregate(
+    consumer: AIOKafkaConsumer[bytes, bytes], aggregation: Aggregation, stop: asyncio.Event
+) -> None:
+    await consumer.start()
+    last_flush = time.monotonic()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            records = [r for partition in batches.values() for r in partition]
+            for record in records:
+                aggregation.take(record)
+            if not records and await kafka.lag(consumer) == 0:
+                aggregation.windows.advance(datetime.now(UTC))  # idle: let windows close by the clock
+            if time.monotonic() - last_flush >= FLUSH_EVERY_S:
+                offsets = await _retrying(aggregation.flush, stop)
+                if offsets:
+                    await _retrying(functools.partial(consumer.commit, offsets), stop)
+                last_flush = time.monotonic()
+    finally:
+        await consumer.stop()
+
+
+async def _retrying(action: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    """Run `action` until it succeeds (a store or the broker may be down for a while)."""
+    delay = 0.5
+    while True:
+        try:
+            return await action()
+        except Exception as exc:
+            log("retrying", error=repr(exc)[:200], in_s=delay)
+            if stop.is_set():
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def build() -> tuple[FastAPI, Sequence[Worker]]:
+    await kafka.ensure_topics(TOPIC_PARTITIONS)
+    settings = infra_settings()
+    ch = ClickHouse(settings.require("clickhouse_url"))
+    await ensure_schema(ch)
+    redis = aioredis.Redis.from_url(settings.require("redis_url"))
+    aggregation = Aggregation(ch, LiveView(redis))
+    consumer = kafka.consumer(READINGS, group=GROUP)
+
+    async def run(stop: asyncio.Event) -> None:
+        try:
+            await aggregate(consumer, aggregation, stop)
+        finally:
+            await ch.close()
+            await redis.aclose()
+
+    return http_app("sensors aggregator"), [run]
+
+
+if __name__ == "__main__":
+    run_service(build)

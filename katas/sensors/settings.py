@@ -1,0 +1,21 @@
+"""Settings of the sensors kata's services, from `SENSORS_*` environment variables.
+
+Endpoints are not here: services read them through `katas.infra.settings.infra_settings()`.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SENSORS_"
+
+
+class SensorsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Bridge (katas.sensors.services.bridge)
+    bridge_client_id: str = "sensors-bridge"
+    """The bridge's MQTT client id. Fixed, because the broker keeps a persistent session (subscription and
+    queued QoS 1 messages) under it while the bridge is down: a new id would start a new, empty session."""
+    mqtt_keepalive_s: int = 15
+    """MQTT keep-alive: how soon the broker notices a bridge that died without disconnecting."""

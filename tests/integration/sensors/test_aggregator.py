@@ -1,0 +1,103 @@
+"""The aggregator on real servers: readings through MQTT and the log become 1-minute rows in chDB and a
+live view in Redis, equal to what the domain's own windows compute from the same readings; a reading
+delivered twice is counted once. And the 1-hour rollup inside chDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from katas.infra.clickhouse import ClickHouse
+from katas.infra.stack import Stack
+from katas.sensors.aggregation import aggregate
+from katas.sensors.fleet import Fleet
+from katas.sensors.readings import Reading
+from katas.sensors.storage import WINDOWS_TABLE, live_key, rollup_hours, store_windows
+from tests.integration.sensors.conftest import publish, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=UTC)
+
+
+def stored_rows(endpoints: dict[str, Any], tenant: str, building: str, size_s: int) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        async with ClickHouse(str(endpoints["chdb"])) as ch:
+            return await ch.rows(
+                f"SELECT level, floor, zone, type, start, count, min, max, sum FROM {WINDOWS_TABLE} FINAL "
+                f"WHERE tenant = '{tenant}' AND building = '{building}' AND size_s = {size_s} ORDER BY level, floor, zone, type, start"
+            )
+
+    return asyncio.run(go())
+
+
+def test_readings_become_minute_rows_and_a_live_view(stack: Stack) -> None:
+    endpoints = stack.endpoints()
+    fleet = Fleet.build(seed=11, buildings=1, sensors_per_building=20)
+    building = fleet.buildings[0]
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+    messages = list(fleet.readings(start, start + timedelta(minutes=2)))
+    publish(endpoints["mqtt"][0], messages + messages[:40])  # the first 40 twice: a redelivery
+
+    readings = [Reading.from_mqtt(t, p) for t, p in messages]
+    expected = {
+        (r.scope.level, r.scope.floor or "", r.scope.zone or "", r.type, r.start): r
+        for r in aggregate(readings, sizes=(60,))
+    }
+    rows = wait_for(
+        lambda: (
+            (rows := stored_rows(endpoints, building.tenant, building.id, 60))
+            and len(rows) >= len(expected)
+            and rows
+        ),
+        120,
+        "every 1-minute window stored",
+    )
+    assert len(rows) == len(expected)
+    for row in rows:
+        key = (row["level"], row["floor"], row["zone"], row["type"], parse_time(row["start"]))
+        window = expected[key]
+        assert int(row["count"]) == window.count, key  # the repeated readings were not counted again
+        assert (row["min"], row["max"]) == (window.min, window.max)
+        assert row["sum"] == pytest.approx(window.sum)
+
+    live = Redis.from_url(f"redis://{endpoints['redis']}").hgetall(live_key(building.tenant, building.id))
+    fields = {k.decode(): json.loads(v) for k, v in live.items()}
+    zones = {f for f in fields if f.startswith("zone|")}
+    assert len(zones) == len({(r.place.floor, r.place.zone, r.type) for r in readings})
+    newest = max(r.ts for r in readings)
+    assert max(parse_time(v["as_of"]) for v in fields.values()) == newest
+
+
+def test_an_hour_of_minute_rows_rolls_up_into_one_row_per_scope_and_type(stack: Stack) -> None:
+    fleet = Fleet.build(seed=12, buildings=1, sensors_per_building=20)
+    building = fleet.buildings[0]
+    hour = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    readings = [
+        Reading.from_mqtt(t, p, now=hour + timedelta(hours=2))
+        for t, p in fleet.readings(hour, hour + timedelta(hours=1))
+    ]
+    minutes = aggregate(readings, sizes=(60,))
+
+    async def roll() -> None:
+        async with ClickHouse(str(stack.endpoints()["chdb"])) as ch:
+            await store_windows(ch, minutes)
+            await rollup_hours(ch, [hour])
+            await rollup_hours(ch, [hour])  # again: the same rows, collapsed
+
+    asyncio.run(roll())
+    hourly = stored_rows(stack.endpoints(), building.tenant, building.id, 3600)
+    assert len(hourly) == len({(m.scope, m.type) for m in minutes})
+    for row in hourly:
+        parts = [m for m in minutes if (m.scope.level, m.scope.floor or "", m.scope.zone or "", m.type)
+                 == (row["level"], row["floor"], row["zone"], row["type"])]  # fmt: skip
+        assert int(row["count"]) == sum(m.count for m in parts)
+        assert (row["min"], row["max"]) == (min(m.min for m in parts), max(m.max for m in parts))
+        assert parse_time(row["start"]) == hour

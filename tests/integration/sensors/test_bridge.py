@@ -1,0 +1,78 @@
+"""The sensors' ingest path on real servers: two bridged Mosquitto regions -> the bridge -> the log.
+
+Readings published in either region reach `sensors.readings` once the bridge has them; malformed messages
+reach `sensors.deadletter` with their reason and bytes; readings published while the bridge is down wait
+in its persistent session and arrive after it is back. Nothing the sensors got acknowledged is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from katas.infra.stack import Stack
+from katas.sensors.fleet import Fleet, malformed_messages
+from katas.sensors.readings import Reading
+from katas.sensors.topics import DEADLETTER, READINGS
+from tests.integration.sensors.conftest import publish, read_log
+
+pytestmark = pytest.mark.integration
+
+
+def readings_between(fleet: Fleet, start: datetime, seconds: float) -> list[tuple[str, bytes]]:
+    return list(fleet.readings(start, start + timedelta(seconds=seconds)))
+
+
+def identity(reading: Reading) -> tuple[str, datetime]:
+    return reading.place.topic, reading.ts
+
+
+def test_readings_from_both_regions_reach_the_log_and_bad_ones_the_dead_letters(stack: Stack) -> None:
+    endpoints = stack.endpoints()
+    eu, us = endpoints["mqtt"]
+    fleet = Fleet.build(seed=3, buildings=2, sensors_per_building=20)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    by_region: dict[str, list[tuple[str, bytes]]] = {"eu": [], "us": []}
+    for topic, payload in readings_between(fleet, start, 30):
+        building = fleet.building(topic.split("/")[2])
+        by_region[building.region].append((topic, payload))
+    bad = malformed_messages(datetime.now(UTC))
+    publish(eu, by_region["eu"] + [(m.topic, m.payload) for m in bad])
+    publish(us, by_region["us"])
+
+    sent = {identity(Reading.from_mqtt(t, p)) for t, p in by_region["eu"] + by_region["us"]}
+    stored = [Reading.from_json(v) for v in read_log(stack.endpoints()["kafka"], READINGS, len(sent))]
+    assert {identity(r) for r in stored} == sent
+
+    letters = [json.loads(v) for v in read_log(stack.endpoints()["kafka"], DEADLETTER, len(bad))]
+    refused = {
+        (letter["mqtt_topic"], base64.b64decode(letter["payload_b64"])): letter["reason"]
+        for letter in letters
+    }
+    for message in bad:
+        if (
+            message.topic.startswith("sensors/")
+            and message.topic.count("/") == 5
+            and "+" not in message.topic
+        ):
+            assert refused.get((message.topic, message.payload)) == message.reason, message.what
+
+
+def test_readings_sent_while_the_bridge_is_down_arrive_after_it_is_back(stack: Stack) -> None:
+    endpoints: dict[str, Any] = stack.endpoints()
+    fleet = Fleet.build(seed=4, buildings=1, sensors_per_building=20)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    messages = readings_between(fleet, start, 60)
+    before = len(read_log(endpoints["kafka"], READINGS, 0, timeout_s=3))
+
+    stack["bridge"].kill()  # a crash: what it received and did not acknowledge, the broker keeps
+    publish(endpoints["mqtt"][0], messages)  # acknowledged by the broker, kept for the bridge's session
+    stack["bridge"].start()
+
+    expected = {identity(Reading.from_mqtt(t, p)) for t, p in messages}
+    stored = [Reading.from_json(v) for v in read_log(endpoints["kafka"], READINGS, before + len(messages))]
+    assert expected <= {identity(r) for r in stored}
