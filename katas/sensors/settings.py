@@ -19,3 +19,7 @@ class SensorsSettings(BaseSettings):
     queued QoS 1 messages) under it while the bridge is down: a new id would start a new, empty session."""
     mqtt_keepalive_s: int = 15
     """MQTT keep-alive: how soon the broker notices a bridge that died without disconnecting."""
+
+    # Alerter (katas.sensors.services.alerter)
+    webhook_url: str = ""
+    """Where alerts are delivered (the stack points it at its webhook receiver)."""
