@@ -5,6 +5,7 @@ Endpoints are not here: services read them through `katas.infra.settings.infra_s
 
 from __future__ import annotations
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SENSORS_"
@@ -23,3 +24,14 @@ class SensorsSettings(BaseSettings):
     # Alerter (katas.sensors.services.alerter)
     webhook_url: str = ""
     """Where alerts are delivered (the stack points it at its webhook receiver)."""
+
+    # The fleet the stack serves (katas.sensors.fleet): the API's registry of tenants and buildings, and
+    # the load generator's buildings, come from the same seed.
+    fleet_seed: int = 1
+    fleet_buildings: int = 50
+    fleet_sensors_per_building: int = 1000
+
+    # API (katas.sensors.services.api)
+    tenancy_secret: SecretStr = Field(default=SecretStr(""), repr=False)
+    """The stack secret the tenants' API tokens and Redis passwords are derived from
+    (SENSORS_TENANCY_SECRET); the API refuses to start without it."""

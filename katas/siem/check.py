@@ -71,7 +71,7 @@ from typing import Any, Literal
 
 import httpx
 import pyarrow.ipc as ipc
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.markup import escape
 
@@ -84,7 +84,7 @@ from katas.checking import (
     print_report,
     sigterm_as_interrupt,
 )
-from katas.infra import bench
+from katas.infra import bench, kafka
 from katas.infra.clickhouse import ClickHouse, ClickHouseError
 from katas.infra.stack import Stack
 from katas.scorecard import REPORTS_ROOT, Measurement, Scorecard
@@ -313,19 +313,10 @@ class Pipeline:
         await consumer.start()
         records: list[tuple[float, dict[str, Any]]] = []
         try:
-            await consumer.topics()
-            partitions = [
-                TopicPartition(ALERTS, p) for p in sorted(consumer.partitions_for_topic(ALERTS) or [])
-            ]
-            ends = await consumer.end_offsets(partitions)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and any(await _behind(consumer, ends)):
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in batch:
-                        with contextlib.suppress(ValueError, TypeError):
-                            records.append((record.timestamp / 1000, json.loads(record.value or b"")))
+            async for batch in kafka.read_from_start(consumer, await kafka.partitions_of(consumer, ALERTS)):
+                for record in batch:
+                    with contextlib.suppress(ValueError, TypeError):
+                        records.append((record.timestamp / 1000, json.loads(record.value or b"")))
         finally:
             await consumer.stop()
         return records
@@ -558,10 +549,6 @@ class AlertProbe:
 
 async def _value(value: str) -> str:
     return value
-
-
-async def _behind(consumer: AIOKafkaConsumer[bytes, bytes], ends: Mapping[TopicPartition, int]) -> list[bool]:
-    return [await consumer.position(tp) < end for tp, end in ends.items()]
 
 
 def _epoch(delivered_at: Any, received_at: Any) -> float:

@@ -37,14 +37,13 @@ RECOVERY_LIMIT_S = 20
 
 
 async def _consume_all(bootstrap: str, topic: str, expected: int) -> tuple[list[bytes], dict[int, int]]:
-    """Every record of the topic, and each partition's log-end offset (what the broker says it holds)."""
+    """Every record of the topic, and each partition's high watermark (what the broker says it holds)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     got: list[bytes] = []
     try:
         await consumer.topics()  # fetches the cluster's metadata
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        ends = {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
         consumer.assign(partitions)
         deadline = time.monotonic() + 30
         quiet_since = time.monotonic()
@@ -53,6 +52,8 @@ async def _consume_all(bootstrap: str, topic: str, expected: int) -> tuple[list[
             for records in batch.values():
                 got += [r.value for r in records]
                 quiet_since = time.monotonic()
+        # the high watermarks of the fetches: tansu's ListOffsets (end_offsets) answers short of the end
+        ends = {tp.partition: consumer.highwater(tp) or 0 for tp in partitions}
     finally:
         await consumer.stop()
     return got, ends

@@ -179,3 +179,32 @@ def test_a_stage_reports_how_far_behind_it_is(broker: str) -> None:
     assert seen_lag[0] == 40, "after the first 10 of 50 records, 40 are still to come"
     assert seen_lag[-1] == 0
     assert seen_lag == sorted(seen_lag, reverse=True)
+
+
+def test_read_from_start_reads_every_record_up_to_the_end_though_tansu_reports_it_short(broker: str) -> None:
+    """tansu 0.6 answers ListOffsets (end_offsets) short of the log end; read_from_start does not use it."""
+
+    async def go() -> tuple[int, list[int]]:
+        await kafka.ensure_topics({"history": 3})
+        producer = kafka.producer(linger_ms=0)
+        await producer.start()
+        try:
+            for batch in range(6):  # six produce requests: six batches on partition 0, one on partition 1
+                await asyncio.gather(
+                    *[await producer.send("history", b"%d-%d" % (batch, i), partition=0) for i in range(5)]
+                )
+            await (await producer.send("history", b"other", partition=1))
+        finally:
+            await producer.stop()
+        reader = kafka.consumer(group=None)
+        await reader.start()
+        try:
+            partitions = await kafka.partitions_of(reader, "history")
+            read = [r async for records in kafka.read_from_start(reader, partitions) for r in records]
+        finally:
+            await reader.stop()
+        return len(read), sorted({r.partition for r in read})
+
+    count, partitions = asyncio.run(go())
+    assert count == 31  # every record of partitions 0 and 1, none missing, and it stopped (partition 2 empty)
+    assert partitions == [0, 1]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 from prometheus_client import Counter
 
@@ -69,28 +69,14 @@ class Normalizer:
         reader = kafka.consumer(group=None)
         await reader.start()
         try:
-            await reader.topics()  # fetches the cluster's metadata
-            partitions = [
-                TopicPartition(DEADLETTER, p) for p in sorted(reader.partitions_for_topic(DEADLETTER) or [])
-            ]
-            ends = await reader.end_offsets(partitions)
-            reader.assign(partitions)
-            await reader.seek_to_beginning(*partitions)
             replayed, deliveries = 0, []
-
-            async def behind() -> bool:
-                return any([await reader.position(tp) < ends[tp] for tp in partitions])
-
-            while await behind():
-                for records in (await reader.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        letter = DeadLetter.from_json(record.value or b"")
-                        deliveries.append(
-                            await self.producer.send(
-                                RAW, letter.replay().to_json(), key=letter.source.encode()
-                            )
-                        )
-                        replayed += 1
+            async for records in kafka.read_from_start(reader, await kafka.partitions_of(reader, DEADLETTER)):
+                for record in records:
+                    letter = DeadLetter.from_json(record.value or b"")
+                    deliveries.append(
+                        await self.producer.send(RAW, letter.replay().to_json(), key=letter.source.encode())
+                    )
+                    replayed += 1
             await asyncio.gather(*deliveries)
         finally:
             await reader.stop()

@@ -40,7 +40,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from katas.catalog import get_card
-from katas.infra import chaos
+from katas.infra import chaos, kafka
 from katas.infra.chaos import ChaosAction
 from katas.infra.clickhouse import ClickHouse
 from katas.infra.servers import Server, ServerError
@@ -312,20 +312,14 @@ async def _dead_letters(bootstrap: str, run: str) -> dict[str, int]:
     await consumer.start()
     found: dict[str, int] = {}
     try:
-        partition = TopicPartition(DEADLETTER, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        end = (await consumer.end_offsets([partition]))[partition]
-        deadline = time.monotonic() + 20
-        while await consumer.position(partition) < end and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    letter = json.loads(record.value or b"{}")
-                    payload = base64.b64decode(letter.get("payload_b64") or "")
-                    for marker in MARKER.findall(payload):
-                        text = marker.decode()
-                        if text.startswith(f"chaosmark-{run}-"):
-                            found[text] = found.get(text, 0) + 1
+        async for records in kafka.read_from_start(consumer, [TopicPartition(DEADLETTER, 0)], stall_s=20):
+            for record in records:
+                letter = json.loads(record.value or b"{}")
+                payload = base64.b64decode(letter.get("payload_b64") or "")
+                for marker in MARKER.findall(payload):
+                    text = marker.decode()
+                    if text.startswith(f"chaosmark-{run}-"):
+                        found[text] = found.get(text, 0) + 1
     finally:
         await consumer.stop()
     return found

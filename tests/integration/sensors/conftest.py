@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from katas.catalog import get_card
+from katas.infra import kafka
 from katas.infra.stack import Stack
 from tests.conftest import reachable_run_dir
 
@@ -44,21 +45,21 @@ def publish(address: str, messages: list[tuple[str, bytes]]) -> None:
         client.loop_stop()
 
 
-def read_log(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[bytes]:
-    """Every record of `topic`, waiting until there are at least `expected`."""
+def read_log(bootstrap: str, topic: str) -> list[bytes]:
+    """Every record of `topic`, up to its end now."""
 
     async def go() -> list[bytes]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await consumer.start()
-        values: list[bytes] = []
         try:
-            deadline = time.monotonic() + timeout_s
-            while len(values) < expected and time.monotonic() < deadline:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    values += [r.value or b"" for r in records]
+            partitions = await kafka.partitions_of(consumer, topic)
+            return [
+                r.value or b""
+                async for records in kafka.read_from_start(consumer, partitions)
+                for r in records
+            ]
         finally:
             await consumer.stop()
-        return values
 
     return asyncio.run(go())
 

@@ -29,7 +29,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from katas.catalog import get_card
-from katas.infra import chaos
+from katas.infra import chaos, kafka
 from katas.infra.chaos import ChaosAction
 from katas.infra.stack import Stack
 from katas.siem.samples import SourceFleet, json_batch, winxml_batch
@@ -140,16 +140,10 @@ def dead_letters(endpoints: dict[str, Any], prefix: str) -> int:
         await consumer.start()
         found = 0
         try:
-            partition = TopicPartition(DEADLETTER, 0)
-            consumer.assign([partition])
-            await consumer.seek_to_beginning(partition)
-            end = (await consumer.end_offsets([partition]))[partition]
-            deadline = time.monotonic() + 15
-            while await consumer.position(partition) < end and time.monotonic() < deadline:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        letter = json.loads(record.value or b"{}")
-                        found += prefix.encode() in base64.b64decode(letter.get("payload_b64") or "")
+            async for records in kafka.read_from_start(consumer, [TopicPartition(DEADLETTER, 0)], stall_s=15):
+                for record in records:
+                    letter = json.loads(record.value or b"{}")
+                    found += prefix.encode() in base64.b64decode(letter.get("payload_b64") or "")
         finally:
             await consumer.stop()
         return found

@@ -1,0 +1,152 @@
+"""The HVAC and query API: current zone aggregates per building, served from the live view in Redis.
+
+`GET /buildings/{building}/zones` with `Authorization: Bearer <token>` answers, for every zone, its
+floor and zone and, per sensor type, the latest 10 s window: mean, min, max, last, count and `as_of` (the
+newest reading in it, so a client sees how fresh it is). Another tenant's building answers 404, exactly
+like a building that does not exist, so the answer does not reveal which buildings exist.
+
+Tenant isolation is enforced by Redis, not only here: at start the API provisions one Redis user per
+tenant whose ACL reads only that tenant's keys (`katas.sensors.tenancy`), and serves each request through
+the connection of the caller's tenant. The provisioning connection is closed before the first request.
+With the `api-only-isolation` mistake switched on, the API reads through one all-powerful connection and
+the token check is the only barrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Header, HTTPException
+from prometheus_client import Histogram
+
+from katas.infra.service import Worker, http_app, log, mistakes, own_url, publish_endpoints, run_service
+from katas.infra.settings import infra_settings
+from katas.sensors.fleet import Fleet
+from katas.sensors.readings import SENSOR_TYPES
+from katas.sensors.settings import SensorsSettings
+from katas.sensors.storage import read_live
+from katas.sensors.tenancy import (
+    OPERATOR,
+    READ_COMMANDS,
+    Registry,
+    Tokens,
+    derive,
+    redis_key_pattern,
+    redis_user,
+)
+
+LATENCY = Histogram("api_zones_seconds", "time to answer GET /buildings/{building}/zones")
+
+
+def zones_of(live: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The live hash's zone fields (`zone|floor|zone|type`) as one entry per zone, types as keys."""
+    zones: dict[tuple[str, str], dict[str, Any]] = {}
+    for field, figures in live.items():
+        level, floor, zone, kind = field.split("|")
+        if level != "zone" or kind not in SENSOR_TYPES:
+            continue
+        entry = zones.setdefault((floor, zone), {"floor": floor, "zone": zone})
+        entry[kind] = {k: figures[k] for k in ("mean", "min", "max", "last", "count", "as_of")}
+    return [zones[key] for key in sorted(zones)]
+
+
+class TenantStores:
+    """One Redis connection per tenant, each logged in as that tenant's user."""
+
+    def __init__(self, url: str, secret: str, tenants: Sequence[str]) -> None:
+        self.url = url
+        self.secret = secret
+        self.tenants = (*tenants, OPERATOR)
+        self.clients: dict[str, aioredis.Redis] = {}
+
+    async def provision(self) -> None:
+        """Create (or reset) every tenant's Redis user; then log in as each."""
+        admin = aioredis.Redis.from_url(self.url)
+        try:
+            for tenant in self.tenants:
+                await admin.acl_setuser(
+                    redis_user(tenant),
+                    enabled=True,
+                    reset=True,
+                    passwords=[f"+{derive(self.secret, f'redis:{tenant}')}"],
+                    keys=[redis_key_pattern(tenant)],
+                    channels=[redis_key_pattern(tenant)],
+                    categories=["-@all"],
+                    commands=list(READ_COMMANDS),
+                )
+        finally:
+            await admin.aclose()
+        for tenant in self.tenants:
+            self.clients[tenant] = aioredis.Redis.from_url(
+                self.url, username=redis_user(tenant), password=derive(self.secret, f"redis:{tenant}")
+            )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+
+
+def create_app(registry: Registry, tokens: Tokens, read: Callable[[str], aioredis.Redis]) -> FastAPI:
+    """`read(tenant)` gives the Redis client to read with for a request of `tenant`."""
+    app = http_app("sensors API")
+
+    def caller(authorization: str | None) -> str:
+        scheme, _, token = (authorization or "").partition(" ")
+        tenant = tokens.tenant_of(token) if scheme.lower() == "bearer" and token else None
+        if tenant is None:
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return tenant
+
+    @app.get("/buildings/{building}/zones")
+    async def building_zones(
+        building: str, authorization: Annotated[str | None, Header()] = None
+    ) -> list[dict[str, Any]]:
+        with LATENCY.time():
+            tenant = caller(authorization)
+            owner = registry.owner(building)
+            if owner is None or not registry.visible_to(tenant, building):
+                raise HTTPException(404, f"no building {building!r}")
+            return zones_of(await read_live(read(tenant), owner, building))
+
+    return app
+
+
+async def build() -> tuple[FastAPI, Sequence[Worker]]:
+    settings = SensorsSettings()
+    secret = settings.tenancy_secret.get_secret_value()
+    if not secret:
+        raise SystemExit("SENSORS_TENANCY_SECRET is required")
+    fleet = Fleet.build(settings.fleet_seed, settings.fleet_buildings, settings.fleet_sensors_per_building)
+    registry = Registry.of(fleet)
+    tokens = Tokens.derive(secret, registry.tenants)
+    url = infra_settings().require("redis_url")
+    stores = TenantStores(url, secret, list(registry.tenants))
+    await stores.provision()
+    if "api-only-isolation" in mistakes():
+        shared = aioredis.Redis.from_url(url)  # the mistake: one connection that may read every tenant's keys
+        app = create_app(registry, tokens, lambda tenant: shared)
+        log("mistake", name="api-only-isolation", reads="one connection for every tenant")
+    else:
+        app = create_app(registry, tokens, lambda tenant: stores.clients[tenant])
+    publish_endpoints(
+        api=own_url(),
+        tenants=[
+            {"tenant": t, "token": tokens.token_of(t), "buildings": list(registry.buildings[t])}
+            for t in registry.tenants
+        ],
+        operator_token=tokens.token_of(OPERATOR),
+    )
+
+    async def close_on_stop(stop: asyncio.Event) -> None:
+        await stop.wait()
+        await stores.close()
+
+    return app, [close_on_stop]
+
+
+if __name__ == "__main__":
+    run_service(build)
