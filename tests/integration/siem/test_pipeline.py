@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from katas.catalog import get_card
+from katas.infra import kafka
 from katas.infra.stack import Stack
 from katas.siem.samples import SourceFleet, garbage_samples
 from katas.siem.topics import DEADLETTER
@@ -135,6 +137,51 @@ def test_malformed_input_goes_to_the_dead_letter_topic_with_its_reason(siem: dic
     letters = [x for x in asyncio.run(dead_letters()) if x["source"] in ("garbage-source", "127.0.0.1")]
     assert len(letters) >= len(garbage)
     assert all(letter["reason"] and letter["payload_b64"] is not None for letter in letters)
+
+
+def all_dead_letters(endpoints: dict[str, Any]) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=endpoints["kafka"], enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = await kafka.partitions_of(consumer, DEADLETTER)
+            return [
+                json.loads(r.value or b"{}")
+                async for rs in kafka.read_from_start(consumer, partitions)
+                for r in rs
+            ]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_every_dead_letter_goes_back_through_the_pipeline_on_replay(siem: dict[str, Any]) -> None:
+    from katas.siem.samples import RawEvent
+
+    garbage = [g for g in garbage_samples() if g.transport in ("syslog-udp", "syslog-tcp")][:4]
+    for round_ in range(3):  # separate sends: the letters span several batches of the topic
+        send(siem, [RawEvent(g.transport, f"replay-source-{round_}", g.payload) for g in garbage])
+    before = wait_for(
+        lambda: len(letters := all_dead_letters(siem)) >= 12 and letters, 30, "the dead letters of the sends"
+    )
+    ids = Counter(letter["id"] for letter in before)
+
+    answer = httpx.post(f"{siem['normalizer']}/deadletters/replay", timeout=60)
+    assert answer.status_code == 200
+    assert answer.json()["replayed"] >= len(before)  # every letter on the topic when the replay started
+
+    # The parser is unchanged, so every replayed event fails again: back on the topic, with its own id.
+    after = wait_for(
+        lambda: (
+            (seen := Counter(letter["id"] for letter in all_dead_letters(siem)))
+            and all(seen[i] > ids[i] for i in ids)
+            and seen
+        ),
+        60,
+        "every replayed event dead-lettered again under its id",
+    )
+    assert set(ids) <= set(after)
 
 
 def test_the_api_refuses_requests_without_the_token(siem: dict[str, Any]) -> None:
