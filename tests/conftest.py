@@ -6,9 +6,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -38,6 +39,17 @@ def reachable_run_dir(prefix: str = "katas-test-") -> Iterator[Path]:
     finally:
         if not os.environ.get("KATAS_KEEP_RUN_DIRS"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.5) -> Any:
+    """Call `check` until it returns something truthy, and return that; fail the test after `timeout_s`
+    with `what` did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every_s)
+    pytest.fail(f"{what} did not happen within {timeout_s} s")
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ queue at the broker, not in the bridge's memory. When the log cannot be reached 
 acknowledges nothing meanwhile.
 
 The bridge subscribes at the first broker of KATAS_MQTT_BROKERS, the home region; the other regions'
-brokers bridge their sensors' topics to it.
+brokers bridge their sensors' topics to it. It reports itself started only once the broker confirmed the
+subscription: until a session exists, a broker acknowledges what sensors publish and drops it, for no
+one is subscribed (the first integration run after a fresh start lost its readings that way).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ REFUSED = Counter("bridge_refused", "messages written to sensors.deadletter", ["
 UNACKNOWLEDGED = Gauge("bridge_unacknowledged", "MQTT messages received and not acknowledged yet")
 RETRY_S = 1.0
 """Pause before writing to the log again after it failed."""
+SUBSCRIBE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,9 @@ class Bridge:
     _pending: deque[_Delivery] = field(default_factory=deque)
     _generation: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the broker confirmed the subscription: before that, what sensors publish has no session
+    to wait in, so the service reports itself started only after it."""
 
     # -- paho's network thread ---------------------------------------------------------------------------
     def on_connect(
@@ -103,6 +109,14 @@ class Bridge:
             return
         client.subscribe(SUBSCRIPTION, qos=1)
         self.loop.call_soon_threadsafe(self._connected, bool(flags.session_present))
+
+    def on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        if all(not reason.is_failure for reason in reasons):
+            self.loop.call_soon_threadsafe(self.subscribed.set)
+        else:
+            log("mqtt_subscribe_refused", reasons=[str(r) for r in reasons])
 
     def on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -172,6 +186,7 @@ def mqtt_client(bridge: Bridge, settings: SensorsSettings) -> mqtt.Client:
     client.on_connect = bridge.on_connect
     client.on_disconnect = bridge.on_disconnect
     client.on_message = bridge.on_message
+    client.on_subscribe = bridge.on_subscribe
     client.reconnect_delay_set(min_delay=1, max_delay=5)
     return client
 
@@ -191,6 +206,11 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     host, port = brokers[0].rsplit(":", 1)
     client.connect_async(host, int(port), keepalive=settings.mqtt_keepalive_s)
     client.loop_start()
+    try:
+        await asyncio.wait_for(bridge.subscribed.wait(), SUBSCRIBE_TIMEOUT_S)
+    except TimeoutError:
+        client.loop_stop()
+        raise SystemExit(f"no subscription at {brokers[0]} within {SUBSCRIBE_TIMEOUT_S:g} s") from None
     publish_endpoints(mqtt=brokers)
     log("bridging", subscribed_at=brokers[0], regions=len(brokers))
 

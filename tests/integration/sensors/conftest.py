@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -62,12 +61,3 @@ def read_log(bootstrap: str, topic: str) -> list[bytes]:
             await consumer.stop()
 
     return asyncio.run(go())
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"{what} did not happen within {timeout_s} s")

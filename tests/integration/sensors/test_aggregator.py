@@ -18,7 +18,8 @@ from katas.sensors.aggregation import aggregate
 from katas.sensors.fleet import Fleet
 from katas.sensors.readings import Reading
 from katas.sensors.storage import WINDOWS_TABLE, live_key, rollup_hours, store_windows
-from tests.integration.sensors.conftest import publish, wait_for
+from tests.conftest import wait_for
+from tests.integration.sensors.conftest import publish
 
 pytestmark = pytest.mark.integration
 

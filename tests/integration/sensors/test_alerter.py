@@ -29,7 +29,8 @@ from katas.sensors.readings import Reading, format_timestamp
 from katas.sensors.rules import load_rules, replay
 from katas.sensors.services.alerter import GROUP, STATE_KEY
 from katas.sensors.topics import READINGS, TOPIC_PARTITIONS
-from tests.integration.sensors.conftest import publish, read_log, wait_for
+from tests.conftest import wait_for
+from tests.integration.sensors.conftest import publish, read_log
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ from katas.sensors.fleet import Fleet
 from katas.sensors.settings import SensorsSettings
 from katas.sensors.storage import live_key
 from katas.sensors.tenancy import derive, redis_user
-from tests.integration.sensors.conftest import publish, wait_for
+from tests.conftest import wait_for
+from tests.integration.sensors.conftest import publish
 
 pytestmark = pytest.mark.integration
 

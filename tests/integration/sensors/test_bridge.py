@@ -18,7 +18,8 @@ from katas.infra.stack import Stack
 from katas.sensors.fleet import Fleet, malformed_messages
 from katas.sensors.readings import Reading
 from katas.sensors.topics import DEADLETTER, READINGS
-from tests.integration.sensors.conftest import publish, read_log, wait_for
+from tests.conftest import wait_for
+from tests.integration.sensors.conftest import publish, read_log
 
 pytestmark = pytest.mark.integration
 

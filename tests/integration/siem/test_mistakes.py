@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from katas.infra.chaos import ChaosAction
 from katas.infra.stack import Stack
 from katas.siem.samples import SourceFleet, json_batch, winxml_batch
 from katas.siem.topics import DEADLETTER
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,13 +67,6 @@ def right() -> Iterator[tuple[Stack, dict[str, Any]]]:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(every_s)
-    pytest.fail(f"{what} did not happen within {timeout_s} s")
 
 
 def stamp(moment: datetime) -> str:

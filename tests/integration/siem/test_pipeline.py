@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from katas.infra.stack import Stack
 from katas.siem.samples import SourceFleet, garbage_samples
 from katas.siem.topics import DEADLETTER
 from loadgen.siem import SiemSender
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +38,6 @@ def siem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         folder.chmod(0o755)
     with Stack.for_card(get_card("siem"), run_dir=run / "siem") as stack:
         yield stack.endpoints()
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"{what} did not happen within {timeout_s} s")
 
 
 def webhook_alerts(endpoints: dict[str, Any]) -> list[dict[str, Any]]:
