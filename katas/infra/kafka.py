@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client import Counter, Gauge
 
-from katas.infra.service import log
+from katas.infra.service import until_done
 from katas.infra.settings import infra_settings
 
 BATCH_RETRIES = Counter("stage_batch_retries", "batches handled again after their handler failed")
@@ -111,14 +111,24 @@ async def consume_batches(
             records = [record for partition in batches.values() for record in partition]
             consumer_lag_gauge().set(await lag(source))
             if records:
-                if not await _until_done(
-                    functools.partial(handle, records), stop, max_backoff_s, "batch_failed"
+                if not await until_done(
+                    functools.partial(handle, records),
+                    stop,
+                    event="batch_failed",
+                    max_backoff_s=max_backoff_s,
+                    retries=BATCH_RETRIES,
                 ):
                     return  # stopping: this batch is unhandled, so the commit below must not cover it
                 handled_since_commit = True
             if handled_since_commit and time.monotonic() - last_commit >= commit_every_s:
                 # The commit can fail too (tansu keeps offsets in its object store): retry it, never exit.
-                if not await _until_done(source.commit, stop, max_backoff_s, "commit_failed"):
+                if not await until_done(
+                    source.commit,
+                    stop,
+                    event="commit_failed",
+                    max_backoff_s=max_backoff_s,
+                    retries=BATCH_RETRIES,
+                ):
                     return
                 last_commit, handled_since_commit = time.monotonic(), False
         if handled_since_commit:  # stopping between batches: keep what was handled
@@ -182,22 +192,3 @@ async def lag(source: AIOKafkaConsumer[bytes, bytes]) -> int:
         if highwater is not None:
             behind += max(0, highwater - await source.position(partition))
     return behind
-
-
-async def _until_done(
-    attempt: Callable[[], Awaitable[object]], stop: asyncio.Event, max_backoff_s: float, event: str
-) -> bool:
-    """Run `attempt` until it succeeds (True) or the service is stopping (False), backing off between."""
-    backoff = 0.2
-    while True:
-        try:
-            await attempt()
-            return True
-        except Exception as exc:
-            BATCH_RETRIES.inc()
-            log(event, error=repr(exc), retry_in_s=backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            if stop.is_set():
-                return False
-            backoff = min(backoff * 2, max_backoff_s)

@@ -27,7 +27,7 @@ import uvicorn
 import uvloop
 from aiohttp import web
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from katas.infra.ports import LOOPBACK
 from katas.infra.settings import infra_settings
@@ -147,6 +147,33 @@ async def serve(app: FastAPI | web.Application | None, workers: Sequence[Worker]
     if runner is not None:  # after the workers, which may use what the app's cleanup closes
         await runner.cleanup()  # stops accepting, lets requests in flight finish (up to shutdown_timeout)
     log("stopped")
+
+
+async def until_done(
+    attempt: Callable[[], Awaitable[object]],
+    stop: asyncio.Event,
+    *,
+    event: str,
+    max_backoff_s: float = 5.0,
+    retries: Counter | None = None,
+) -> bool:
+    """Run `attempt` until it succeeds (True) or the service is stopping (False), backing off between and
+    logging `event` (and counting in `retries`) at each failure: how a service rides out an outage of a
+    server it writes to, instead of exiting."""
+    backoff = 0.2
+    while True:
+        try:
+            await attempt()
+            return True
+        except Exception as exc:
+            if retries is not None:
+                retries.inc()
+            log(event, error=repr(exc), retry_in_s=backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            if stop.is_set():
+                return False
+            backoff = min(backoff * 2, max_backoff_s)
 
 
 async def _guarded(worker: Worker, stop: asyncio.Event) -> None:

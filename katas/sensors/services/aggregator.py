@@ -12,8 +12,8 @@ again) can only have fewer readings than the stored row, and the table keeps the
 (ReplacingMergeTree versioned by count). Readings delivered twice (MQTT and the log are at least once) are
 recognised by sensor and timestamp and counted once.
 
-Readings too late for their window (beyond the allowed lateness) are counted and logged, not added; the
-raw store keeps them, so a retroactive rule or a recomputation still sees them.
+Readings too late for their window (beyond the allowed lateness) are counted, not added; the readings
+log keeps them, so a retroactive rule (the alerter replays the log) still sees them.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -34,7 +33,7 @@ from prometheus_client import Counter, Gauge
 
 from katas.infra import kafka
 from katas.infra.clickhouse import ClickHouse
-from katas.infra.service import Worker, http_app, log, run_service
+from katas.infra.service import Worker, http_app, log, run_service, until_done
 from katas.infra.settings import infra_settings
 from katas.sensors.aggregation import Added, WindowAggregator, WindowResult
 from katas.sensors.readings import InvalidReadingError, Reading, RecentReadings
@@ -52,7 +51,6 @@ LIVE = Counter("aggregator_live_updates", "live-view fields written to Redis")
 OPEN_WINDOWS = Gauge("aggregator_open_windows", "windows in memory, not final yet")
 FLUSH_EVERY_S = 1.0
 GROUP = "aggregator"
-T = TypeVar("T")
 CLOSED = -1
 """The pending end of a record that holds nothing open (late, duplicate, unreadable)."""
 
@@ -86,7 +84,7 @@ class Aggregation:
     windows: WindowAggregator = field(default_factory=WindowAggregator)
     seen: RecentReadings = field(default_factory=RecentReadings)
     offsets: SafeOffsets = field(default_factory=SafeOffsets)
-    longest_s: int = 60
+    _unwritten: list[WindowResult] = field(default_factory=list)
 
     def take(self, record: ConsumerRecord[bytes, bytes]) -> None:
         tp = TopicPartition(record.topic, record.partition)
@@ -105,20 +103,26 @@ class Aggregation:
         if isinstance(outcome, Added):
             AGGREGATED.inc()
             ts_us = int(reading.ts.timestamp() * 1_000_000)
-            size_us = self.longest_s * 1_000_000
+            size_us = max(self.windows.sizes) * 1_000_000
             self.offsets.consumed(tp, record.offset, ts_us - ts_us % size_us + size_us)
         else:
             LATE.inc()
             self.offsets.consumed(tp, record.offset, CLOSED)
 
-    async def flush(self) -> dict[TopicPartition, int]:
-        """Write what changed; the offsets now safe to commit."""
-        results = self.windows.flush()
+    async def flush(self) -> None:
+        """Write what changed since the last flush that succeeded. The aggregator emits each window once,
+        so what a failed write left unwritten is kept and written again on the next call; writing a
+        window twice changes nothing (the table keeps one row per window, the live view the newest)."""
+        self._unwritten += self.windows.flush()
         OPEN_WINDOWS.set(self.windows.open_windows)
-        final = [r for r in results if r.final]
+        final = [r for r in self._unwritten if r.final]
         STORED.inc(await store_windows(self.ch, final))
-        LIVE.inc(await self.live.write([r for r in results if r.size_s == LIVE_SIZE_S]))
+        LIVE.inc(await self.live.write([r for r in self._unwritten if r.size_s == LIVE_SIZE_S]))
         await rollup_hours(self.ch, _hours_final_by(final))
+        self._unwritten = []
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """The offsets safe to commit once `flush` succeeded: past every reading whose windows are final."""
         watermark = self.windows.watermark
         if watermark is None:
             return {}
@@ -150,26 +154,16 @@ async def aggregate(
             if not records and await kafka.lag(consumer) == 0:
                 aggregation.windows.advance(datetime.now(UTC))  # idle: let windows close by the clock
             if time.monotonic() - last_flush >= FLUSH_EVERY_S:
-                offsets = await _retrying(aggregation.flush, stop)
-                if offsets:
-                    await _retrying(functools.partial(consumer.commit, offsets), stop)
+                if not await until_done(aggregation.flush, stop, event="flush_failed"):
+                    return
+                offsets = aggregation.committable()
+                if offsets and not await until_done(
+                    functools.partial(consumer.commit, offsets), stop, event="commit_failed"
+                ):
+                    return
                 last_flush = time.monotonic()
     finally:
         await consumer.stop()
-
-
-async def _retrying(action: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-    """Run `action` until it succeeds (a store or the broker may be down for a while)."""
-    delay = 0.5
-    while True:
-        try:
-            return await action()
-        except Exception as exc:
-            log("retrying", error=repr(exc)[:200], in_s=delay)
-            if stop.is_set():
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def build() -> tuple[FastAPI, Sequence[Worker]]:

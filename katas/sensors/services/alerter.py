@@ -57,7 +57,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge, Histogram
 
 from katas.infra import kafka
-from katas.infra.service import Worker, http_app, log, run_service
+from katas.infra.service import Worker, http_app, log, run_service, until_done
 from katas.infra.settings import infra_settings
 from katas.sensors.readings import InvalidReadingError, Reading, parse_timestamp
 from katas.sensors.rules import (
@@ -262,22 +262,6 @@ class Alerter:
         OPEN_EPISODES.set(sum(1 for state in self._stored["states"] if state["phase"] == "raised"))
 
 
-async def restore_until_done(alerter: Alerter, stop: asyncio.Event) -> bool:
-    """Restore the stored state, retrying while Redis cannot be reached; False if stopped first. Consuming
-    before the state is back would raise open episodes again."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await alerter.restore()
-            return True
-        except Exception as exc:
-            log("restore_failed", error=repr(exc)[:200], retry_in_s=delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
-    return False
-
-
 # ----------------------------------------------------------------------------------------------- replay
 class BadReplayRequestError(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
@@ -424,7 +408,9 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     async def alert(stop: asyncio.Event) -> None:
         alerter.stop = stop
         try:
-            if await restore_until_done(alerter, stop):
+            # the state first, retried while Redis cannot be reached: consuming before it is back would
+            # raise open episodes again
+            if await until_done(alerter.restore, stop, event="restore_failed", max_backoff_s=MAX_BACKOFF_S):
                 await kafka.consume_batches(kafka.consumer(READINGS, group=GROUP), alerter.handle, stop)
         finally:
             await http.aclose()
