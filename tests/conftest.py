@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from katas.infra.servers import Server
 
@@ -50,6 +53,24 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: flo
             return result
         time.sleep(every_s)
     pytest.fail(f"{what} did not happen within {timeout_s} s")
+
+
+def webhook_alerts(endpoints: Mapping[str, Any], channel: str | None = None) -> list[dict[str, Any]]:
+    """The bodies the stack's webhook receiver stored (those of `channel`, or all), in arrival order."""
+    lines = Path(endpoints["webhook_log"]).read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return [entry["payload"] for entry in entries if channel is None or entry["channel"] == channel]
+
+
+def service_metric(base_url: str, name: str) -> float:
+    """A sample of a service's /metrics, summed over its labels (0 while it has not been touched)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from katas.infra.stack import Stack
@@ -29,7 +27,7 @@ from katas.sensors.readings import Reading, format_timestamp
 from katas.sensors.rules import load_rules, replay
 from katas.sensors.services.alerter import GROUP, STATE_KEY
 from katas.sensors.topics import READINGS, TOPIC_PARTITIONS
-from tests.conftest import wait_for
+from tests.conftest import service_metric, wait_for, webhook_alerts
 from tests.integration.sensors.conftest import publish, read_log
 
 pytestmark = pytest.mark.integration
@@ -48,11 +46,6 @@ STRICT_RULE = {
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def webhook_alerts(endpoints: dict[str, Any]) -> list[dict[str, Any]]:
-    """The alert bodies the webhook receiver stored on the sensors channel, in arrival order."""
-    lines = Path(endpoints["webhook_log"]).read_text().splitlines()
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [entry["payload"] for entry in entries if entry["channel"] == "sensors"]
 
 
 def alerts_for(
@@ -61,7 +54,7 @@ def alerts_for(
     place = sensor.place
     return [
         a
-        for a in webhook_alerts(endpoints)
+        for a in webhook_alerts(endpoints, "sensors")
         if (a["kind"], a["rule"], a["tenant"], a["building"], a["zone"])
         == (kind, rule, place.tenant, place.building, place.zone)
     ]
@@ -82,17 +75,6 @@ def readings_of(messages: list[tuple[str, bytes]], sensor: Sensor) -> list[Readi
 
 def first_breach(messages: list[tuple[str, bytes]], sensor: Sensor) -> datetime:
     return next(r.ts for r in readings_of(messages, sensor) if r.value == BREACH_PPM)
-
-
-def metric(base_url: str, name: str) -> float:
-    """A sample of the service's /metrics, summed over its labels (0 if absent)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )
 
 
 def engine_state(endpoints: dict[str, Any]) -> dict[str, Any] | None:
@@ -228,8 +210,8 @@ def test_a_breach_pages_once_when_raised_and_once_when_cleared(stack: Stack, epi
     assert down["started_at"] == up["started_at"]
 
     alerter = endpoints["alerter"]
-    assert metric(alerter, "alerter_detection_latency_seconds_count") >= 1
-    assert metric(alerter, "alerter_detection_latency_seconds_sum") > 0
+    assert service_metric(alerter, "alerter_detection_latency_seconds_count") >= 1
+    assert service_metric(alerter, "alerter_detection_latency_seconds_sum") > 0
     # The episode is over: the stored state keeps the sensor only as recently ended.
     state = state_of(endpoints, episode.sensor)
     assert state is not None
@@ -338,7 +320,7 @@ def test_a_batch_redelivered_after_its_state_was_lost_is_not_paged_again(stack: 
         "the episode evaluated again",
     )
     wait_for(
-        lambda: metric(endpoints["alerter"], "alerter_deduplicated_total") >= 2,
+        lambda: service_metric(endpoints["alerter"], "alerter_deduplicated_total") >= 2,
         30,
         "the raised and cleared events recognised as delivered",
     )
@@ -372,7 +354,9 @@ def test_replay_runs_a_stricter_rule_over_the_past_without_paging(stack: Stack, 
     assert result["readings"] >= len(episode.messages)
 
     time.sleep(3)
-    assert [a for a in webhook_alerts(endpoints) if a["rule"] == "co2-strict"] == []  # nothing paged
+    assert [
+        a for a in webhook_alerts(endpoints, "sensors") if a["rule"] == "co2-strict"
+    ] == []  # nothing paged
     assert engine_state(endpoints) == state_before  # the live engine's stored state is untouched
 
 
@@ -415,8 +399,8 @@ def test_replay_refuses_bad_rules_and_bad_ranges_with_the_reason(stack: Stack) -
 def test_a_record_that_is_not_a_reading_is_counted_and_skipped(stack: Stack) -> None:
     endpoints = stack.endpoints()
     alerter = endpoints["alerter"]
-    unreadable = metric(alerter, "alerter_unreadable_total")
-    evaluated = metric(alerter, "alerter_readings_total")
+    unreadable = service_metric(alerter, "alerter_unreadable_total")
+    evaluated = service_metric(alerter, "alerter_readings_total")
     produce(endpoints["kafka"], [b"not a reading", b'{"tenant": "t", "value": 1}', b"\xff\xfe"])
     fleet = Fleet.build(seed=23, buildings=1, sensors_per_building=20)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
@@ -425,13 +409,13 @@ def test_a_record_that_is_not_a_reading_is_counted_and_skipped(stack: Stack) -> 
 
     wait_for(  # the bad records and the readings may be on different partitions: wait for both
         lambda: (
-            metric(alerter, "alerter_unreadable_total") >= unreadable + 3
-            and metric(alerter, "alerter_readings_total") >= evaluated + len(messages)
+            service_metric(alerter, "alerter_unreadable_total") >= unreadable + 3
+            and service_metric(alerter, "alerter_readings_total") >= evaluated + len(messages)
         ),
         60,
         "the bad records counted and the readings evaluated",
     )
-    assert metric(alerter, "alerter_unreadable_total") == unreadable + 3
+    assert service_metric(alerter, "alerter_unreadable_total") == unreadable + 3
     assert stack["alerter"].is_running()
     body = {
         "rules": [STRICT_RULE],

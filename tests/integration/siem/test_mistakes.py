@@ -34,7 +34,7 @@ from katas.infra.chaos import ChaosAction
 from katas.infra.stack import Stack
 from katas.siem.samples import SourceFleet, json_batch, winxml_batch
 from katas.siem.topics import DEADLETTER
-from tests.conftest import wait_for
+from tests.conftest import service_metric, wait_for, webhook_alerts
 
 pytestmark = pytest.mark.integration
 
@@ -113,12 +113,6 @@ def pseudonym(endpoints: dict[str, Any], kind: str, value: str) -> str:
     return str(response.json()["pseudonym"])
 
 
-def metric(url: str, name: str) -> float:
-    """A counter or gauge of a service (0 when it has not been touched yet)."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == name)
-
-
 def hot_rows(endpoints: dict[str, Any], prefix: str) -> int:
     query = f"SELECT count() FROM events WHERE startsWith(message, '{prefix}')"
     response = httpx.post(endpoints["chdb"], content=query.encode(), timeout=30)
@@ -143,11 +137,6 @@ def dead_letters(endpoints: dict[str, Any], prefix: str) -> int:
         return found
 
     return asyncio.run(read())
-
-
-def webhook_alerts(endpoints: dict[str, Any]) -> list[dict[str, Any]]:
-    lines = Path(endpoints["webhook_log"]).read_text().splitlines()
-    return [json.loads(line)["payload"] for line in lines]
 
 
 # --------------------------------------------------------------------------------- store-raw-pii
@@ -198,7 +187,7 @@ def count_in_stored_dead_lettered(endpoints: dict[str, Any]) -> tuple[int, int, 
     wait_for(lambda: search(endpoints, marker)["total"] >= len(good), 30, "the good events being stored")
     time.sleep(1.0)  # the malformed ones were in the same batches as the good ones
     stored = search(endpoints, marker)["total"]
-    dropped = metric(endpoints["normalizer"], "normalize_dropped_total")
+    dropped = service_metric(endpoints["normalizer"], "normalize_dropped_total")
     return len(good) + len(bad), stored, dead_letters(endpoints, marker), dropped
 
 
@@ -225,7 +214,7 @@ def attack_across_a_correlator_restart(stack: Stack, endpoints: dict[str, Any]) 
     response = post(endpoints, "/ingest/winxml", winxml_batch([e.payload for e in failures]), f"win-{run}")
     assert response.status_code == 202, response.text
     wait_for(
-        lambda: metric(endpoints["correlator"], "correlate_matches_total") >= len(failures),
+        lambda: service_metric(endpoints["correlator"], "correlate_matches_total") >= len(failures),
         30,
         "the correlator matching the failed logons",
     )
@@ -239,13 +228,13 @@ def attack_across_a_correlator_restart(stack: Stack, endpoints: dict[str, Any]) 
     response = post(endpoints, "/ingest/winxml", winxml_batch([success.payload]), f"win-{run}")
     assert response.status_code == 202, response.text
     wait_for(
-        lambda: metric(endpoints["correlator"], "correlate_matches_total") >= 1,
+        lambda: service_metric(endpoints["correlator"], "correlate_matches_total") >= 1,
         30,
         "the restarted correlator matching the successful logon",
     )
     pseudonymized = pseudonym(endpoints, "ip", ip)
     time.sleep(1.0)  # the batch is handled: its alerts, if any, are counted right after its matches
-    if metric(endpoints["correlator"], "correlate_alerts_total") == 0:
+    if service_metric(endpoints["correlator"], "correlate_alerts_total") == 0:
         return windows, False
     alerted = wait_for(
         lambda: any(pseudonymized in json.dumps(a.get("group", {})) for a in webhook_alerts(endpoints)),
@@ -293,10 +282,10 @@ def old_events_left_hot(endpoints: dict[str, Any], wait_s: float) -> tuple[int, 
     # The store counts a move once its run is over, which ends after the delete (it then rewrites the
     # emptied day partitions): wait for the count as well as for the rows to leave.
     while time.monotonic() < deadline and (
-        hot_rows(endpoints, marker) or metric(endpoints["store"], "store_moved_to_cold_total") < 30
+        hot_rows(endpoints, marker) or service_metric(endpoints["store"], "store_moved_to_cold_total") < 30
     ):
         time.sleep(0.5)
-    moved = metric(endpoints["store"], "store_moved_to_cold_total")
+    moved = service_metric(endpoints["store"], "store_moved_to_cold_total")
     return hot_rows(endpoints, marker), search(endpoints, marker, since)["total"], moved
 
 

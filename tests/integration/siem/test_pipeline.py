@@ -21,7 +21,7 @@ from katas.infra.stack import Stack
 from katas.siem.samples import SourceFleet, garbage_samples
 from katas.siem.topics import DEADLETTER
 from loadgen.siem import SiemSender
-from tests.conftest import wait_for
+from tests.conftest import wait_for, webhook_alerts
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,6 @@ def siem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         folder.chmod(0o755)
     with Stack.for_card(get_card("siem"), run_dir=run / "siem") as stack:
         yield stack.endpoints()
-
-
-def webhook_alerts(endpoints: dict[str, Any]) -> list[dict[str, Any]]:
-    lines = Path(endpoints["webhook_log"]).read_text().splitlines()
-    return [json.loads(line)["payload"] for line in lines]
 
 
 def api(endpoints: dict[str, Any]) -> httpx.Client:
