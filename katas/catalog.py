@@ -113,6 +113,10 @@ class ServerSpec(_Strict):
     kind: ServerKind
     options: dict[str, str | int | bool] = Field(default_factory=dict)
     proxied: bool = Field(default=False, description="clients reach it through a chaos TCP proxy")
+    with_mistake: str | None = Field(
+        default=None,
+        description="start this server only when that mistake switch is on (the store a mistake misuses)",
+    )
 
 
 class ServiceSpec(_Strict):
@@ -163,6 +167,14 @@ class KataCard(_Strict):
     component: list[Component] = Field(min_length=1)
     mistake: list[Mistake] = Field(min_length=1)
     stack: StackSpec = Field(default_factory=StackSpec)
+
+    @model_validator(mode="after")
+    def _servers_name_known_switches(self) -> KataCard:
+        switches = {m.switch for m in self.mistake if m.switch}
+        for server in self.stack.servers:
+            if server.with_mistake is not None and server.with_mistake not in switches:
+                raise ValueError(f"server {server.name!r}: with_mistake names no switch of this card")
+        return self
 
     @property
     def built(self) -> bool:

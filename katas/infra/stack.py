@@ -156,6 +156,8 @@ class Stack:
         self.run_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its folder
         try:
             for server_spec in self.spec.servers:
+                if server_spec.with_mistake and server_spec.with_mistake not in self.mistakes:
+                    continue
                 server = self._server(server_spec)
                 self._launch(server, proxied=server_spec.proxied)
             for service_spec in self.spec.services:

@@ -8,6 +8,11 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from katas.infra.settings import infra_settings
+from katas.sensors.fleet import Fleet
+from katas.sensors.stores import TenantWarehouses
+from katas.sensors.tenancy import Registry
+
 ENV_PREFIX = "SENSORS_"
 
 
@@ -30,8 +35,23 @@ class SensorsSettings(BaseSettings):
     fleet_seed: int = 1
     fleet_buildings: int = 50
     fleet_sensors_per_building: int = 1000
+    fleet_tenants: int = 6
+    """Property companies owning the buildings; the card starts a ClickHouse store for each."""
 
     # API (katas.sensors.services.api)
     tenancy_secret: SecretStr = Field(default=SecretStr(""), repr=False)
     """The stack secret the tenants' API tokens and Redis passwords are derived from
     (SENSORS_TENANCY_SECRET); the API refuses to start without it."""
+
+    def fleet(self) -> Fleet:
+        return Fleet.build(
+            self.fleet_seed, self.fleet_buildings, self.fleet_sensors_per_building, self.fleet_tenants
+        )
+
+    def registry(self) -> Registry:
+        return Registry.of(self.fleet())
+
+    def warehouses(self, *, pooled: bool = False) -> TenantWarehouses:
+        """Every tenant's ClickHouse store: tenant i of the registry gets store i of KATAS_CLICKHOUSE_URL."""
+        urls = [u for u in infra_settings().require("clickhouse_url").split(",") if u]
+        return TenantWarehouses.assign(list(self.registry().tenants), urls, pooled=pooled)

@@ -1,7 +1,7 @@
 """Where the aggregates live: final windows in ClickHouse (chDB natively), the live view in Redis.
 
-ClickHouse holds the 1-minute and 1-hour rollups (`sensors.windows`), one row per scope, sensor type, size
-and window start. The table is a ReplacingMergeTree versioned by `count`: a window written again after an
+ClickHouse holds the 1-minute and 1-hour rollups (`windows` in each tenant's database, see
+`katas.sensors.stores`), one row per scope, sensor type, size and window start. The table is a ReplacingMergeTree versioned by `count`: a window written again after an
 aggregator restart (which re-reads the readings of windows that were still open) can only hold fewer
 readings than the first write or the same, so the most complete row of a window is the one that stays.
 
@@ -23,16 +23,18 @@ from katas.infra.clickhouse import ClickHouse
 from katas.sensors.aggregation import WindowResult
 from katas.sensors.readings import format_timestamp
 
-DATABASE: Final = "sensors"
-WINDOWS_TABLE: Final = f"{DATABASE}.windows"
+WINDOWS: Final = "windows"
 STORED_SIZES_S: Final = (60, 3600)
 """The rollups kept in ClickHouse: 1 minute and 1 hour. 10 s windows feed only the live view."""
 LIVE_SIZE_S: Final = 10
 """The live view's window: the freshest aggregate that still averages every sensor of a zone once."""
 
-SCHEMA: Final = (
-    f"CREATE DATABASE IF NOT EXISTS {DATABASE}",
-    f"""CREATE TABLE IF NOT EXISTS {WINDOWS_TABLE} (
+
+def schema(database: str) -> tuple[str, ...]:
+    """The statements that create a tenant's database and its tables (idempotent)."""
+    return (
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{WINDOWS} (
         tenant LowCardinality(String),
         building LowCardinality(String),
         level LowCardinality(String),
@@ -50,7 +52,7 @@ SCHEMA: Final = (
     ) ENGINE = ReplacingMergeTree(count)
     PARTITION BY toYYYYMM(start)
     ORDER BY (tenant, building, size_s, level, floor, zone, type, start)""",
-)
+    )
 
 
 def _time(ts: datetime) -> str:
@@ -77,17 +79,18 @@ def window_row(result: WindowResult) -> dict[str, Any]:
     }
 
 
-async def ensure_schema(ch: ClickHouse) -> None:
-    for statement in SCHEMA:
+async def ensure_schema(ch: ClickHouse, database: str) -> None:
+    for statement in schema(database):
         await ch.execute(statement)
 
 
-async def store_windows(ch: ClickHouse, results: Iterable[WindowResult]) -> int:
+async def store_windows(ch: ClickHouse, database: str, results: Iterable[WindowResult]) -> int:
     """Insert the final windows of the stored sizes; the number of rows written."""
-    return await ch.insert(WINDOWS_TABLE, (window_row(r) for r in results if r.size_s in STORED_SIZES_S))
+    rows = (window_row(r) for r in results if r.size_s in STORED_SIZES_S)
+    return await ch.insert(f"{database}.{WINDOWS}", rows)
 
 
-async def rollup_hours(ch: ClickHouse, hours: Iterable[datetime]) -> None:
+async def rollup_hours(ch: ClickHouse, database: str, hours: Iterable[datetime]) -> None:
     """Roll the final 1-minute rows of each hour (its start) up into one 1-hour row per scope and type.
 
     Run once the hour's last minute is final; running it again writes the same rows, which the table
@@ -95,10 +98,10 @@ async def rollup_hours(ch: ClickHouse, hours: Iterable[datetime]) -> None:
     for hour in hours:
         start = _time(hour)
         await ch.execute(
-            f"""INSERT INTO {WINDOWS_TABLE}
+            f"""INSERT INTO {database}.{WINDOWS}
             SELECT tenant, building, level, floor, zone, type, 3600, toStartOfHour(start), sum(count),
                    min(min), max(max), sum(sum), argMax(last, last_ts), max(last_ts)
-            FROM {WINDOWS_TABLE} FINAL
+            FROM {database}.{WINDOWS} FINAL
             WHERE size_s = 60 AND start >= toDateTime64('{start}', 3, 'UTC')
               AND start < toDateTime64('{start}', 3, 'UTC') + INTERVAL 1 HOUR
             GROUP BY tenant, building, level, floor, zone, type, toStartOfHour(start)"""  # noqa: S608 - a formatted time
@@ -129,7 +132,8 @@ def live_value(result: WindowResult) -> dict[str, Any]:
 
 
 class LiveView:
-    """Writes the newest live-size window of every scope and type to its building's hash.
+    """Writes the newest live-size window of every scope and type to its building's hash, and publishes
+    the fields that changed on the channel of the same name (what a dashboard's live stream relays).
 
     A window older than the one already shown (a late reading completing the previous window) does not
     replace it: the view shows the latest window. The newest start per field is remembered here; every
@@ -153,9 +157,14 @@ class LiveView:
             newest[(key, field)] = result
         if not newest:
             return 0
+        changed: dict[str, list[dict[str, Any]]] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for (key, field), result in newest.items():
-                pipe.hset(key, field, json.dumps(live_value(result), separators=(",", ":")))
+                value = live_value(result)
+                pipe.hset(key, field, json.dumps(value, separators=(",", ":")))
+                changed.setdefault(key, []).append({"field": field, **value})
+            for key, fields in changed.items():
+                pipe.publish(key, json.dumps(fields, separators=(",", ":")))  # the dashboards' live feed
             await pipe.execute()
         return len(newest)
 

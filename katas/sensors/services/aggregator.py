@@ -32,12 +32,13 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
 
 from katas.infra import kafka
-from katas.infra.clickhouse import ClickHouse
-from katas.infra.service import Worker, http_app, log, run_service, until_done
+from katas.infra.service import Worker, http_app, log, mistakes, run_service, until_done
 from katas.infra.settings import infra_settings
 from katas.sensors.aggregation import Added, WindowAggregator, WindowResult
 from katas.sensors.readings import InvalidReadingError, Reading, RecentReadings
+from katas.sensors.settings import SensorsSettings
 from katas.sensors.storage import LIVE_SIZE_S, LiveView, ensure_schema, rollup_hours, store_windows
+from katas.sensors.stores import TenantWarehouses
 from katas.sensors.topics import READINGS, TOPIC_PARTITIONS
 
 AGGREGATED = Counter("aggregator_readings", "readings added to windows")
@@ -47,6 +48,9 @@ DUPLICATES = Counter(
 LATE = Counter("aggregator_late", "readings too late for their window")
 UNREADABLE = Counter("aggregator_unreadable", "records on the readings topic that are not readings")
 STORED = Counter("aggregator_windows_stored", "final 1-minute windows written to ClickHouse")
+UNOWNED = Counter(
+    "aggregator_windows_unowned", "final windows of a tenant the registry does not know, not stored"
+)
 LIVE = Counter("aggregator_live_updates", "live-view fields written to Redis")
 OPEN_WINDOWS = Gauge("aggregator_open_windows", "windows in memory, not final yet")
 FLUSH_EVERY_S = 1.0
@@ -79,7 +83,7 @@ class SafeOffsets:
 
 @dataclass
 class Aggregation:
-    ch: ClickHouse
+    stores: TenantWarehouses
     live: LiveView
     windows: WindowAggregator = field(default_factory=WindowAggregator)
     seen: RecentReadings = field(default_factory=RecentReadings)
@@ -115,10 +119,18 @@ class Aggregation:
         window twice changes nothing (the table keeps one row per window, the live view the newest)."""
         self._unwritten += self.windows.flush()
         OPEN_WINDOWS.set(self.windows.open_windows)
-        final = [r for r in self._unwritten if r.final]
-        STORED.inc(await store_windows(self.ch, final))
+        final: dict[str, list[WindowResult]] = {}
+        for result in self._unwritten:
+            if result.final:
+                final.setdefault(result.scope.tenant, []).append(result)
+        for tenant, results in final.items():
+            if tenant not in self.stores.urls:
+                UNOWNED.inc(len(results))  # a tenant the registry does not know has no store to go to
+                continue
+            ch, database = self.stores.of(tenant), self.stores.database(tenant)
+            STORED.inc(await store_windows(ch, database, results))
+            await rollup_hours(ch, database, _hours_final_by(results))
         LIVE.inc(await self.live.write([r for r in self._unwritten if r.size_s == LIVE_SIZE_S]))
-        await rollup_hours(self.ch, _hours_final_by(final))
         self._unwritten = []
 
     def committable(self) -> dict[TopicPartition, int]:
@@ -169,17 +181,18 @@ async def aggregate(
 async def build() -> tuple[FastAPI, Sequence[Worker]]:
     await kafka.ensure_topics(TOPIC_PARTITIONS)
     settings = infra_settings()
-    ch = ClickHouse(settings.require("clickhouse_url"))
-    await ensure_schema(ch)
+    stores = SensorsSettings().warehouses(pooled="api-only-isolation" in mistakes())
+    for tenant, ch in stores:
+        await ensure_schema(ch, stores.database(tenant))
     redis = aioredis.Redis.from_url(settings.require("redis_url"))
-    aggregation = Aggregation(ch, LiveView(redis))
+    aggregation = Aggregation(stores, LiveView(redis))
     consumer = kafka.consumer(READINGS, group=GROUP)
 
     async def run(stop: asyncio.Event) -> None:
         try:
             await aggregate(consumer, aggregation, stop)
         finally:
-            await ch.close()
+            await stores.close()
             await redis.aclose()
 
     return http_app("sensors aggregator"), [run]

@@ -57,7 +57,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge, Histogram
 
 from katas.infra import kafka
-from katas.infra.service import Worker, http_app, log, run_service, until_done
+from katas.infra.service import Worker, http_app, log, mistakes, run_service, until_done
 from katas.infra.settings import infra_settings
 from katas.sensors.readings import InvalidReadingError, Reading, parse_timestamp
 from katas.sensors.rules import (
@@ -349,12 +349,20 @@ async def read_range(request: ReplayRequest) -> tuple[list[Reading], int]:
     return wanted, in_range
 
 
-def add_replay_route(app: FastAPI) -> None:
+def add_replay_route(app: FastAPI, *, live_only: bool = False) -> None:
+    """`live_only` is the `live-only-rules` mistake: rules are only ever evaluated on the stream, so a new
+    or changed rule cannot be run over the past, and the route says so (501) instead of answering."""
     one_at_a_time = asyncio.Lock()
     """Replays share the process with live alerting: one at a time bounds the memory and CPU they take."""
 
     @app.post("/rules/replay")
     async def replay_rules(request: Request) -> JSONResponse:
+        if live_only:
+            REPLAYS.labels("live_only").inc()
+            return JSONResponse(
+                {"error": "rules are live-only (mistake live-only-rules): history cannot be re-evaluated"},
+                status_code=501,
+            )
         try:
             body = await request.json()
         except ValueError as exc:
@@ -417,7 +425,10 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
             await redis.aclose()
 
     app = http_app("sensors alerter")
-    add_replay_route(app)
+    live_only = "live-only-rules" in mistakes()
+    if live_only:
+        log("mistake", name="live-only-rules", replay="refused")
+    add_replay_route(app, live_only=live_only)
     return app, [alert]
 
 

@@ -24,19 +24,12 @@ from prometheus_client import Histogram
 
 from katas.infra.service import Worker, http_app, log, mistakes, own_url, publish_endpoints, run_service
 from katas.infra.settings import infra_settings
-from katas.sensors.fleet import Fleet
 from katas.sensors.readings import SENSOR_TYPES
+from katas.sensors.services.auth import bearer_tenant
 from katas.sensors.settings import SensorsSettings
 from katas.sensors.storage import read_live
-from katas.sensors.tenancy import (
-    OPERATOR,
-    READ_COMMANDS,
-    Registry,
-    Tokens,
-    derive,
-    redis_key_pattern,
-    redis_user,
-)
+from katas.sensors.stores import TenantRedis
+from katas.sensors.tenancy import OPERATOR, Registry, Tokens
 
 LATENCY = Histogram("api_zones_seconds", "time to answer GET /buildings/{building}/zones")
 
@@ -53,60 +46,16 @@ def zones_of(live: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [zones[key] for key in sorted(zones)]
 
 
-class TenantStores:
-    """One Redis connection per tenant, each logged in as that tenant's user."""
-
-    def __init__(self, url: str, secret: str, tenants: Sequence[str]) -> None:
-        self.url = url
-        self.secret = secret
-        self.tenants = (*tenants, OPERATOR)
-        self.clients: dict[str, aioredis.Redis] = {}
-
-    async def provision(self) -> None:
-        """Create (or reset) every tenant's Redis user; then log in as each."""
-        admin = aioredis.Redis.from_url(self.url)
-        try:
-            for tenant in self.tenants:
-                await admin.acl_setuser(
-                    redis_user(tenant),
-                    enabled=True,
-                    reset=True,
-                    passwords=[f"+{derive(self.secret, f'redis:{tenant}')}"],
-                    keys=[redis_key_pattern(tenant)],
-                    channels=[redis_key_pattern(tenant)],
-                    categories=["-@all"],
-                    commands=list(READ_COMMANDS),
-                )
-        finally:
-            await admin.aclose()
-        for tenant in self.tenants:
-            self.clients[tenant] = aioredis.Redis.from_url(
-                self.url, username=redis_user(tenant), password=derive(self.secret, f"redis:{tenant}")
-            )
-
-    async def close(self) -> None:
-        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
-
-
 def create_app(registry: Registry, tokens: Tokens, read: Callable[[str], aioredis.Redis]) -> FastAPI:
     """`read(tenant)` gives the Redis client to read with for a request of `tenant`."""
     app = http_app("sensors API")
-
-    def caller(authorization: str | None) -> str:
-        scheme, _, token = (authorization or "").partition(" ")
-        tenant = tokens.tenant_of(token) if scheme.lower() == "bearer" and token else None
-        if tenant is None:
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return tenant
 
     @app.get("/buildings/{building}/zones")
     async def building_zones(
         building: str, authorization: Annotated[str | None, Header()] = None
     ) -> list[dict[str, Any]]:
         with LATENCY.time():
-            tenant = caller(authorization)
+            tenant = bearer_tenant(tokens, authorization)
             owner = registry.owner(building)
             if owner is None or not registry.visible_to(tenant, building):
                 raise HTTPException(404, f"no building {building!r}")
@@ -120,11 +69,10 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     secret = settings.tenancy_secret.get_secret_value()
     if not secret:
         raise SystemExit("SENSORS_TENANCY_SECRET is required")
-    fleet = Fleet.build(settings.fleet_seed, settings.fleet_buildings, settings.fleet_sensors_per_building)
-    registry = Registry.of(fleet)
+    registry = settings.registry()
     tokens = Tokens.derive(secret, registry.tenants)
     url = infra_settings().require("redis_url")
-    stores = TenantStores(url, secret, list(registry.tenants))
+    stores = TenantRedis(url, secret, list(registry.tenants))
     await stores.provision()
     if "api-only-isolation" in mistakes():
         shared = aioredis.Redis.from_url(url)  # the mistake: one connection that may read every tenant's keys

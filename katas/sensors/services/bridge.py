@@ -44,9 +44,12 @@ from katas.infra.service import Worker, http_app, log, publish_endpoints, run_se
 from katas.infra.settings import infra_settings
 from katas.sensors.readings import SUBSCRIPTION, InvalidReadingError, Reading
 from katas.sensors.settings import SensorsSettings
+from katas.sensors.tenancy import Registry
 from katas.sensors.topics import DEADLETTER, READINGS, TOPIC_PARTITIONS
 
 FORWARDED = Counter("bridge_readings", "readings written to sensors.readings")
+UNKNOWN_BUILDING = "building"
+"""The dead-letter reason of a well-formed reading from a building its tenant does not own."""
 REFUSED = Counter("bridge_refused", "messages written to sensors.deadletter", ["reason"])
 UNACKNOWLEDGED = Gauge("bridge_unacknowledged", "MQTT messages received and not acknowledged yet")
 RETRY_S = 1.0
@@ -61,10 +64,19 @@ class LogRecord:
     value: bytes
 
 
-def route(mqtt_topic: str, payload: bytes, received_at: float) -> LogRecord:
-    """What an MQTT message becomes on the log: a reading keyed by its building, or a dead letter."""
+def route(mqtt_topic: str, payload: bytes, received_at: float, registry: Registry) -> LogRecord:
+    """What an MQTT message becomes on the log: a reading keyed by its building, or a dead letter.
+
+    A reading must come from a building its topic's tenant owns: a sensor (or a hostile client) that
+    names another tenant's building, or one nobody registered, would otherwise write into a tenant's
+    data that is not its own."""
     try:
         reading = Reading.from_mqtt(mqtt_topic, payload)
+        place = reading.place
+        if registry.owner(place.building) != place.tenant:
+            raise InvalidReadingError(
+                UNKNOWN_BUILDING, f"tenant {place.tenant!r} owns no building {place.building!r}"
+            )
     except InvalidReadingError as exc:
         REFUSED.labels(exc.reason).inc()
         letter = {
@@ -75,7 +87,6 @@ def route(mqtt_topic: str, payload: bytes, received_at: float) -> LogRecord:
             "received_at": received_at,
         }
         return LogRecord(DEADLETTER, mqtt_topic.encode(errors="replace"), json.dumps(letter).encode())
-    place = reading.place
     return LogRecord(READINGS, f"{place.tenant}/{place.building}".encode(), reading.to_json())
 
 
@@ -92,6 +103,7 @@ class Bridge:
 
     producer: AIOKafkaProducer[bytes, bytes]
     loop: asyncio.AbstractEventLoop
+    registry: Registry
     client: mqtt.Client | None = None
     _pending: deque[_Delivery] = field(default_factory=deque)
     _generation: int = 0
@@ -144,7 +156,7 @@ class Bridge:
         self._pending.append(delivery)
         UNACKNOWLEDGED.inc()
         task = asyncio.create_task(
-            self._forward(route(topic, payload, time.time()), delivery, self._generation)
+            self._forward(route(topic, payload, time.time(), self.registry), delivery, self._generation)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -201,7 +213,7 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     await kafka.ensure_topics(TOPIC_PARTITIONS)
     producer = kafka.producer()
     await producer.start()
-    bridge = Bridge(producer, asyncio.get_running_loop())
+    bridge = Bridge(producer, asyncio.get_running_loop(), settings.registry())
     client = bridge.client = mqtt_client(bridge, settings)
     host, port = brokers[0].rsplit(":", 1)
     client.connect_async(host, int(port), keepalive=settings.mqtt_keepalive_s)

@@ -28,7 +28,7 @@ from katas.sensors.rules import load_rules, replay
 from katas.sensors.services.alerter import GROUP, STATE_KEY
 from katas.sensors.topics import READINGS, TOPIC_PARTITIONS
 from tests.conftest import service_metric, wait_for, webhook_alerts
-from tests.integration.sensors.conftest import publish, read_log
+from tests.integration.sensors.conftest import building_readings, publish, read_log, stack_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +65,8 @@ def co2_sensor(fleet: Fleet, building: str, zone: str) -> Sensor:
     return sensor
 
 
-def between(fleet: Fleet, start: datetime, end: datetime) -> list[tuple[str, bytes]]:
-    return list(fleet.readings(start, end))
+def between(fleet: Fleet, building: str, start: datetime, end: datetime) -> list[tuple[str, bytes]]:
+    return building_readings(fleet, building, start, end)
 
 
 def readings_of(messages: list[tuple[str, bytes]], sensor: Sensor) -> list[Reading]:
@@ -159,8 +159,8 @@ def episode(stack: Stack) -> Episode:
     """One zone's CO2 at 1,500 ppm for 120 s, then back to 600 ppm, ending about now; the breaching
     readings are published three times (with the breach, again with it, again after the raise)."""
     endpoints = stack.endpoints()
-    fleet = Fleet.build(seed=21, buildings=1, sensors_per_building=20)
-    building = fleet.buildings[0]
+    fleet = stack_fleet()
+    building = fleet.building("waw-002")
     sensor = co2_sensor(fleet, building.id, building.zones[0])
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(seconds=200)
@@ -168,8 +168,8 @@ def episode(stack: Stack) -> Episode:
     fleet.inject(building.id, sensor.place.zone, "co2", NORMAL_PPM, start, breach_from)
     fleet.inject(building.id, sensor.place.zone, "co2", BREACH_PPM, breach_from, breach_to)
     fleet.inject(building.id, sensor.place.zone, "co2", NORMAL_PPM, breach_to, end)
-    during = between(fleet, start, breach_to)
-    after = between(fleet, breach_to, end)
+    during = between(fleet, building.id, start, breach_to)
+    after = between(fleet, building.id, breach_to, end)
     breaching = [(t, p) for t, p in during if t == sensor.topic and Reading.from_mqtt(t, p).value > 1000]
     assert len(breaching) == 12  # one CO2 sensor per zone, every 10 s for 120 s
 
@@ -223,8 +223,8 @@ def test_a_restarted_alerter_keeps_pending_and_open_episodes(stack: Stack) -> No
     the restart zone A's breach goes on for 55 s more, zone B's for 75 s more: without the stored state
     zone A would never raise (55 s < 60 s) and zone B would raise a second time (75 s >= 60 s)."""
     endpoints = stack.endpoints()
-    fleet = Fleet.build(seed=24, buildings=1, sensors_per_building=20)
-    building = fleet.buildings[0]
+    fleet = stack_fleet()
+    building = fleet.building("tyo-003")
     pending = co2_sensor(fleet, building.id, building.zones[0])
     open_ = co2_sensor(fleet, building.id, building.zones[1])
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=170)
@@ -237,7 +237,7 @@ def test_a_restarted_alerter_keeps_pending_and_open_episodes(stack: Stack) -> No
     fleet.inject(building.id, pending.place.zone, "co2", NORMAL_PPM, at(130), at(165))
     fleet.inject(building.id, open_.place.zone, "co2", BREACH_PPM, at(0), at(150))
     fleet.inject(building.id, open_.place.zone, "co2", NORMAL_PPM, at(150), at(165))
-    before, after = between(fleet, at(0), at(75)), between(fleet, at(75), at(165))
+    before, after = between(fleet, building.id, at(0), at(75)), between(fleet, building.id, at(75), at(165))
 
     publish(endpoints["mqtt"][0], before)
     wait_for(lambda: alerts_for(endpoints, open_, "raised"), 120, "zone B raised before the kill")
@@ -285,8 +285,8 @@ def test_a_batch_redelivered_after_its_state_was_lost_is_not_paged_again(stack: 
     pager. The crash is staged by putting back the state stored before the episode."""
     endpoints = stack.endpoints()
     redis = Redis.from_url(f"redis://{endpoints['redis']}")
-    fleet = Fleet.build(seed=25, buildings=1, sensors_per_building=20)
-    building = fleet.buildings[0]
+    fleet = stack_fleet()
+    building = fleet.building("nyc-012")
     sensor = co2_sensor(fleet, building.id, building.zones[0])
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=180)
     fleet.inject(building.id, sensor.place.zone, "co2", BREACH_PPM, start, start + timedelta(seconds=90))
@@ -298,7 +298,11 @@ def test_a_batch_redelivered_after_its_state_was_lost_is_not_paged_again(stack: 
         start + timedelta(seconds=90),
         start + timedelta(seconds=120),
     )
-    episode = [(t, p) for t, p in between(fleet, start, start + timedelta(seconds=120)) if t == sensor.topic]
+    episode = [
+        (t, p)
+        for t, p in between(fleet, building.id, start, start + timedelta(seconds=120))
+        if t == sensor.topic
+    ]
     before = redis.get(STATE_KEY)
 
     publish(endpoints["mqtt"][0], episode)
@@ -405,9 +409,8 @@ def test_a_record_that_is_not_a_reading_is_counted_and_skipped(stack: Stack) -> 
     unreadable = service_metric(alerter, "alerter_unreadable_total")
     evaluated = service_metric(alerter, "alerter_readings_total")
     produce(endpoints["kafka"], [b"not a reading", b'{"tenant": "t", "value": 1}', b"\xff\xfe"])
-    fleet = Fleet.build(seed=23, buildings=1, sensors_per_building=20)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
-    messages = between(fleet, start, start + timedelta(seconds=20))
+    messages = between(stack_fleet(), "nyc-012", start, start + timedelta(seconds=20))
     publish(endpoints["mqtt"][0], messages)
 
     wait_for(  # the bad records and the readings may be on different partitions: wait for both

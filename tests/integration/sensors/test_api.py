@@ -12,12 +12,10 @@ import pytest
 import redis
 
 from katas.infra.stack import Stack
-from katas.sensors.fleet import Fleet
-from katas.sensors.settings import SensorsSettings
 from katas.sensors.storage import live_key
 from katas.sensors.tenancy import derive, redis_user
 from tests.conftest import wait_for
-from tests.integration.sensors.conftest import publish
+from tests.integration.sensors.conftest import building_readings, publish, stack_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +27,11 @@ def zones(endpoints: dict[str, Any], building: str, token: str | None) -> httpx.
 
 def test_a_tenant_reads_its_buildings_and_nobody_elses(stack: Stack) -> None:
     endpoints = stack.endpoints()
-    owner, other = endpoints["tenants"][0], endpoints["tenants"][1]
-    building = owner["buildings"][0]
-    defaults = SensorsSettings()
-    fleet = Fleet.build(defaults.fleet_seed, defaults.fleet_buildings, defaults.fleet_sensors_per_building)
+    building = "nyc-012"
+    owner = next(t for t in endpoints["tenants"] if building in t["buildings"])
+    other = next(t for t in endpoints["tenants"] if t is not owner)
     start = datetime.now(UTC) - timedelta(seconds=20)
-    messages = [
-        (t, p) for t, p in fleet.readings(start, start + timedelta(seconds=10)) if t.split("/")[2] == building
-    ]
+    messages = building_readings(stack_fleet(), building, start, start + timedelta(seconds=10))
     assert messages, f"the stack's fleet has no readings for {building}"
     publish(endpoints["mqtt"][0], messages)
 

@@ -19,13 +19,19 @@ from katas.sensors.fleet import Fleet, malformed_messages
 from katas.sensors.readings import Reading
 from katas.sensors.topics import DEADLETTER, READINGS
 from tests.conftest import wait_for
-from tests.integration.sensors.conftest import publish, read_log
+from tests.integration.sensors.conftest import building_readings, publish, read_log, stack_fleet
 
 pytestmark = pytest.mark.integration
 
+PAST = datetime(2025, 6, 1, 12, tzinfo=UTC)
+"""When this module's readings are taken: the log keeps readings of any age, and tests that compare a
+building's readings with the log (the alerter's replay) publish near now."""
 
-def readings_between(fleet: Fleet, start: datetime, seconds: float) -> list[tuple[str, bytes]]:
-    return list(fleet.readings(start, start + timedelta(seconds=seconds)))
+
+def readings_between(
+    fleet: Fleet, buildings: tuple[str, ...], start: datetime, seconds: float
+) -> list[tuple[str, bytes]]:
+    return building_readings(fleet, buildings, start, start + timedelta(seconds=seconds))
 
 
 def identity(reading: Reading) -> tuple[str, datetime]:
@@ -35,10 +41,10 @@ def identity(reading: Reading) -> tuple[str, datetime]:
 def test_readings_from_both_regions_reach_the_log_and_bad_ones_the_dead_letters(stack: Stack) -> None:
     endpoints = stack.endpoints()
     eu, us = endpoints["mqtt"]
-    fleet = Fleet.build(seed=3, buildings=2, sensors_per_building=20)
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    fleet = stack_fleet()
+    start = PAST  # the buildings are other tests' too: a time none of them publishes at
     by_region: dict[str, list[tuple[str, bytes]]] = {"eu": [], "us": []}
-    for topic, payload in readings_between(fleet, start, 30):
+    for topic, payload in readings_between(fleet, ("waw-002", "nyc-012"), start, 30):
         building = fleet.building(topic.split("/")[2])
         by_region[building.region].append((topic, payload))
     bad = malformed_messages(datetime.now(UTC))
@@ -76,9 +82,8 @@ def test_readings_from_both_regions_reach_the_log_and_bad_ones_the_dead_letters(
 
 def test_readings_sent_while_the_bridge_is_down_arrive_after_it_is_back(stack: Stack) -> None:
     endpoints: dict[str, Any] = stack.endpoints()
-    fleet = Fleet.build(seed=4, buildings=1, sensors_per_building=20)
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    messages = readings_between(fleet, start, 60)
+    start = PAST + timedelta(hours=1)
+    messages = readings_between(stack_fleet(), ("tyo-003",), start, 60)
 
     stack["bridge"].kill()  # a crash: what it received and did not acknowledge, the broker keeps
     publish(endpoints["mqtt"][0], messages)  # acknowledged by the broker, kept for the bridge's session

@@ -17,6 +17,7 @@ from katas.sensors.fleet import Fleet
 from katas.sensors.readings import Reading
 from katas.sensors.services.aggregator import Aggregation
 from katas.sensors.storage import LiveView
+from katas.sensors.stores import TenantWarehouses
 
 pytestmark = pytest.mark.unit
 
@@ -25,16 +26,17 @@ class FlakyStore(ClickHouse):
     """Refuses the first `failures` inserts, then keeps every row it is given."""
 
     def __init__(self, failures: int) -> None:
-        super().__init__("http://127.0.0.1:9")  # never contacted
+        self.url = "http://127.0.0.1:9"  # never contacted
+        super().__init__(self.url)
         self.failures = failures
-        self.rows: list[Mapping[str, Any]] = []
+        self.stored: list[Mapping[str, Any]] = []
 
     async def insert(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("the store is down")
         kept = list(rows)
-        self.rows += kept
+        self.stored += kept
         return len(kept)
 
     async def execute(self, sql: str, body: bytes = b"", default_format: str = "TabSeparated") -> bytes:
@@ -65,7 +67,10 @@ def test_a_failed_write_is_made_again_on_the_next_flush_and_then_the_offsets_mov
         for t, p in fleet.readings(start, start + timedelta(minutes=2))
     ]
     store, view = FlakyStore(failures=1), RecordingView()
-    aggregation = Aggregation(store, view)
+    (tenant,) = [t.id for t in fleet.tenants]
+    stores = TenantWarehouses.assign([tenant], [store.url])
+    stores.clients[store.url] = store  # the flaky stand-in is the tenant's store
+    aggregation = Aggregation(stores, view)
     for record in records(readings):
         aggregation.take(record)
     aggregation.windows.advance(start + timedelta(hours=1))  # every window final
@@ -75,6 +80,6 @@ def test_a_failed_write_is_made_again_on_the_next_flush_and_then_the_offsets_mov
     asyncio.run(aggregation.flush())
 
     expected = aggregate(readings, sizes=(60,))
-    assert len(store.rows) == len(expected)  # every final window, though the first write failed
-    assert sum(r["count"] for r in store.rows) == sum(w.count for w in expected)
+    assert len(store.stored) == len(expected)  # every final window, though the first write failed
+    assert sum(r["count"] for r in store.stored) == sum(w.count for w in expected)
     assert aggregation.committable() == {TopicPartition("sensors.readings", 0): len(readings)}
