@@ -8,12 +8,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from playwright.async_api import Browser, async_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from katas.infra.servers import Server
@@ -95,3 +96,40 @@ def launch(run_dir: Path) -> Iterator[Callable[[S], S]]:
     yield _launch
     for server in reversed(started):
         server.stop()
+
+
+# ------------------------------------------------------------------------------- a real headless browser
+CHROMIUM = os.environ.get("KATAS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""Debian's Chromium in a sandbox-less container: no GPU, no network beyond the lab's own servers."""
+
+
+def chromium() -> str:
+    """Debian's Chromium, which setup installs; its absence fails the test (never a silent skip)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests drive Debian's chromium "
+            "(`make setup` installs it: scripts/setup.sh; or point KATAS_CHROMIUM at a Chromium binary)"
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium driven by Playwright, for the tests of the katas' web pages."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=chromium(), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()

@@ -119,18 +119,23 @@ class Aggregation:
         window twice changes nothing (the table keeps one row per window, the live view the newest)."""
         self._unwritten += self.windows.flush()
         OPEN_WINDOWS.set(self.windows.open_windows)
+        # The live view first: it is what dashboards and the HVAC feed read, and a tenant's store can be
+        # busy for seconds (a day's archive), which must not make the live view stale.
+        LIVE.inc(await self.live.write([r for r in self._unwritten if r.size_s == LIVE_SIZE_S]))
         final: dict[str, list[WindowResult]] = {}
         for result in self._unwritten:
             if result.final:
                 final.setdefault(result.scope.tenant, []).append(result)
-        for tenant, results in final.items():
-            if tenant not in self.stores.urls:
-                UNOWNED.inc(len(results))  # a tenant the registry does not know has no store to go to
-                continue
+
+        async def store(tenant: str, results: list[WindowResult]) -> None:
             ch, database = self.stores.of(tenant), self.stores.database(tenant)
             STORED.inc(await store_windows(ch, database, results))
             await rollup_hours(ch, database, _hours_final_by(results))
-        LIVE.inc(await self.live.write([r for r in self._unwritten if r.size_s == LIVE_SIZE_S]))
+
+        unowned = [r for tenant, results in final.items() if tenant not in self.stores.urls for r in results]
+        UNOWNED.inc(len(unowned))  # a tenant the registry does not know has no store to go to
+        # The tenants' stores are separate servers: written side by side, a slow one delays no other.
+        await asyncio.gather(*(store(t, rs) for t, rs in final.items() if t in self.stores.urls))
         self._unwritten = []
 
     def committable(self) -> dict[TopicPartition, int]:

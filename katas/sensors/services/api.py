@@ -1,4 +1,9 @@
-"""The HVAC and query API: current zone aggregates per building, served from the live view in Redis.
+"""The HVAC and query API, and the dashboard's backend: every route a tenant reaches.
+
+- `GET /buildings/{building}/zones`: the HVAC feed, from the live view in Redis (below);
+- `GET /buildings/{building}/history` and `/readings`: rollups and raw readings from the tenant's own
+  ClickHouse store (`services/history_routes.py`);
+- `/dashboard/...`: the web page per building, live over server-sent events (`services/dashboard.py`).
 
 `GET /buildings/{building}/zones` with `Authorization: Bearer <token>` answers, for every zone, its
 floor and zone and, per sensor type, the latest 10 s window: mean, min, max, last, count and `as_of` (the
@@ -9,7 +14,7 @@ Tenant isolation is enforced by Redis, not only here: at start the API provision
 tenant whose ACL reads only that tenant's keys (`katas.sensors.tenancy`), and serves each request through
 the connection of the caller's tenant. The provisioning connection is closed before the first request.
 With the `api-only-isolation` mistake switched on, the API reads through one all-powerful connection and
-the token check is the only barrier.
+one pooled ClickHouse database, and the token check is the only barrier.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from katas.infra.service import Worker, http_app, log, mistakes, own_url, publis
 from katas.infra.settings import infra_settings
 from katas.sensors.readings import SENSOR_TYPES
 from katas.sensors.services.auth import bearer_tenant
+from katas.sensors.services.dashboard import dashboard_router
+from katas.sensors.services.history_routes import history_router
 from katas.sensors.settings import SensorsSettings
 from katas.sensors.storage import read_live
 from katas.sensors.stores import TenantRedis
-from katas.sensors.tenancy import OPERATOR, Registry, Tokens
+from katas.sensors.tenancy import OPERATOR, Registry, Tokens, derive
 
 LATENCY = Histogram("api_zones_seconds", "time to answer GET /buildings/{building}/zones")
 
@@ -46,8 +53,15 @@ def zones_of(live: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [zones[key] for key in sorted(zones)]
 
 
-def create_app(registry: Registry, tokens: Tokens, read: Callable[[str], aioredis.Redis]) -> FastAPI:
-    """`read(tenant)` gives the Redis client to read with for a request of `tenant`."""
+def create_app(
+    registry: Registry,
+    tokens: Tokens,
+    read: Callable[[str], aioredis.Redis],
+    *,
+    session_key: bytes | None = None,
+) -> FastAPI:
+    """`read(tenant)` gives the Redis client to read with for a request of `tenant`; `session_key` signs
+    the dashboard's session cookies (random per process when None)."""
     app = http_app("sensors API")
 
     @app.get("/buildings/{building}/zones")
@@ -61,6 +75,7 @@ def create_app(registry: Registry, tokens: Tokens, read: Callable[[str], aioredi
                 raise HTTPException(404, f"no building {building!r}")
             return zones_of(await read_live(read(tenant), owner, building))
 
+    app.include_router(dashboard_router(registry, tokens, read, session_key=session_key))
     return app
 
 
@@ -74,14 +89,20 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     url = infra_settings().require("redis_url")
     stores = TenantRedis(url, secret, list(registry.tenants))
     await stores.provision()
-    if "api-only-isolation" in mistakes():
+    # Derived from the stack's secret, so a restarted API (or a second one) honours the sessions it signed.
+    session_key = derive(secret, "dashboard-sessions").encode()
+    pooled = "api-only-isolation" in mistakes()
+    if pooled:
         shared = aioredis.Redis.from_url(url)  # the mistake: one connection that may read every tenant's keys
-        app = create_app(registry, tokens, lambda tenant: shared)
-        log("mistake", name="api-only-isolation", reads="one connection for every tenant")
+        app = create_app(registry, tokens, lambda tenant: shared, session_key=session_key)
+        log("mistake", name="api-only-isolation", reads="one connection and one store for every tenant")
     else:
-        app = create_app(registry, tokens, lambda tenant: stores.clients[tenant])
+        app = create_app(registry, tokens, lambda tenant: stores.clients[tenant], session_key=session_key)
+    warehouses = settings.warehouses(pooled=pooled)
+    app.include_router(history_router(registry, tokens, warehouses))
     publish_endpoints(
         api=own_url(),
+        dashboard=f"{own_url()}/dashboard",
         tenants=[
             {"tenant": t, "token": tokens.token_of(t), "buildings": list(registry.buildings[t])}
             for t in registry.tenants
@@ -92,6 +113,7 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
     async def close_on_stop(stop: asyncio.Event) -> None:
         await stop.wait()
         await stores.close()
+        await warehouses.close()
 
     return app, [close_on_stop]
 

@@ -12,7 +12,6 @@ document, the usage API's route names, the sign-in form's own email field).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +22,7 @@ import aiohttp
 import psycopg
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from yarl import URL
 
 from katas.api_gateway.adapters.pg_config import PostgresConfigStore
@@ -49,16 +48,6 @@ ADMIN = "admin-token-for-the-portal-tests"
 PORTAL_SECRET = "portal-secret-for-the-portal-tests"
 PORTAL_MODULE = "katas.api_gateway.services.portal"
 USAGE_MODULE = "katas.api_gateway.services.usage_api"
-CHROMIUM = os.environ.get("KATAS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -76,29 +65,6 @@ async def seeded(config_store: PostgresConfigStore) -> PostgresConfigStore:
     """The store as the admin service leaves it: routes, limits, the demo clients and their keys."""
     await seed(config_store, DEMO_SECRET)
     return config_store
-
-
-def chromium() -> str:
-    """Debian's Chromium, which setup installs; its absence fails the test (never a silent skip)."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the portal's browser tests drive Debian's chromium "
-            "(`make setup` installs it: scripts/setup.sh; or point KATAS_CHROMIUM at a Chromium binary)"
-        )
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture

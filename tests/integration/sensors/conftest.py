@@ -21,9 +21,11 @@ from katas.catalog import get_card
 from katas.infra import kafka
 from katas.infra.stack import Stack
 from katas.sensors.fleet import Fleet
+from katas.sensors.readings import InvalidReadingError, Reading
 from katas.sensors.settings import SensorsSettings
 from katas.sensors.stores import TenantWarehouses
 from katas.sensors.tenancy import Registry
+from katas.sensors.topics import READINGS
 from tests.conftest import reachable_run_dir
 
 TEST_FLEET = SensorsSettings(fleet_seed=1, fleet_buildings=12, fleet_sensors_per_building=20, fleet_tenants=6)
@@ -102,3 +104,15 @@ def read_log(bootstrap: str, topic: str) -> list[bytes]:
             await consumer.stop()
 
     return asyncio.run(go())
+
+
+def logged_readings(bootstrap: str) -> list[Reading]:
+    """The readings on the readings topic, up to its end now. Records that are not readings are skipped:
+    the alerter's test puts some there on purpose, and every consumer must survive them."""
+    readings = []
+    for value in read_log(bootstrap, READINGS):
+        try:
+            readings.append(Reading.from_json(value))
+        except (InvalidReadingError, ValueError):
+            continue
+    return readings

@@ -17,9 +17,15 @@ import pytest
 from katas.infra.stack import Stack
 from katas.sensors.fleet import Fleet, malformed_messages
 from katas.sensors.readings import Reading
-from katas.sensors.topics import DEADLETTER, READINGS
+from katas.sensors.topics import DEADLETTER
 from tests.conftest import wait_for
-from tests.integration.sensors.conftest import building_readings, publish, read_log, stack_fleet
+from tests.integration.sensors.conftest import (
+    building_readings,
+    logged_readings,
+    publish,
+    read_log,
+    stack_fleet,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +59,7 @@ def test_readings_from_both_regions_reach_the_log_and_bad_ones_the_dead_letters(
 
     sent = {identity(Reading.from_mqtt(t, p)) for t, p in by_region["eu"] + by_region["us"]}
     stored = wait_for(
-        lambda: (
-            sent <= (ids := {identity(Reading.from_json(v)) for v in read_log(endpoints["kafka"], READINGS)})
-            and ids
-        ),
+        lambda: sent <= (ids := {identity(r) for r in logged_readings(endpoints["kafka"])}) and ids,
         60,
         "every reading on the log",
     )
@@ -91,7 +94,7 @@ def test_readings_sent_while_the_bridge_is_down_arrive_after_it_is_back(stack: S
 
     expected = {identity(Reading.from_mqtt(t, p)) for t, p in messages}
     wait_for(
-        lambda: expected <= {identity(Reading.from_json(v)) for v in read_log(endpoints["kafka"], READINGS)},
+        lambda: expected <= {identity(r) for r in logged_readings(endpoints["kafka"])},
         60,
         "the readings published while the bridge was down, on the log",
     )
