@@ -118,6 +118,27 @@ class TenantRedis:
 
     async def provision(self) -> None:
         """Create (or reset) every tenant's Redis user; then log in as each."""
+        await self._set_users()
+        for tenant in self.tenants:
+            self.clients[tenant] = aioredis.Redis.from_url(
+                self.url, username=redis_user(tenant), password=derive(self.secret, f"redis:{tenant}")
+            )
+
+    async def restore_users(self) -> bool:
+        """Create the users again if Redis has lost them; whether it had. Redis keeps ACL users in memory
+        only (no aclfile: they are not in the AOF either), so a restarted Redis refuses every tenant's
+        connection (WRONGPASS) until they are provisioned again."""
+        admin = aioredis.Redis.from_url(self.url)
+        try:
+            known = {u.decode() if isinstance(u, bytes) else str(u) for u in await admin.acl_users()}
+        finally:
+            await admin.aclose()
+        if {redis_user(tenant) for tenant in self.tenants} <= known:
+            return False
+        await self._set_users()
+        return True
+
+    async def _set_users(self) -> None:
         admin = aioredis.Redis.from_url(self.url)
         try:
             for tenant in self.tenants:
@@ -133,10 +154,6 @@ class TenantRedis:
                 )
         finally:
             await admin.aclose()
-        for tenant in self.tenants:
-            self.clients[tenant] = aioredis.Redis.from_url(
-                self.url, username=redis_user(tenant), password=derive(self.secret, f"redis:{tenant}")
-            )
 
     async def close(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))

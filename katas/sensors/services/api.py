@@ -20,6 +20,7 @@ one pooled ClickHouse database, and the token check is the only barrier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -37,6 +38,10 @@ from katas.sensors.settings import SensorsSettings
 from katas.sensors.storage import read_live
 from katas.sensors.stores import TenantRedis
 from katas.sensors.tenancy import OPERATOR, Registry, Tokens, derive
+
+USERS_CHECK_S = 1.0
+"""How often the API checks that Redis still knows the tenants' users (a restarted Redis has forgotten
+them): the HVAC feed is back within about this long of Redis."""
 
 LATENCY = Histogram("api_zones_seconds", "time to answer GET /buildings/{building}/zones")
 
@@ -115,7 +120,20 @@ async def build() -> tuple[FastAPI, Sequence[Worker]]:
         await stores.close()
         await warehouses.close()
 
-    return app, [close_on_stop]
+    async def keep_users(stop: asyncio.Event) -> None:
+        """Provision the tenants' Redis users again whenever Redis has lost them (it was restarted)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), USERS_CHECK_S)
+            if stop.is_set():
+                return
+            try:
+                if await stores.restore_users():
+                    log("redis_users_restored", tenants=len(stores.tenants))
+            except (aioredis.RedisError, OSError) as exc:
+                log("redis_users_unchecked", error=repr(exc)[:200])
+
+    return app, [close_on_stop, keep_users]
 
 
 if __name__ == "__main__":
