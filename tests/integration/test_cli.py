@@ -183,7 +183,7 @@ def test_unknown_mistake_is_refused(demo_env: dict[str, str]) -> None:
     "command",
     [
         ["up", "ota_fleet"],
-        ["status", "sensors"],
+        ["status", "dr"],
         ["chaos", "saas_tenancy", "kill", "redis"],
         ["load", "hybrid_deploy"],
         ["check", "dr"],
@@ -201,7 +201,7 @@ def test_list_and_card_show_every_kata() -> None:
     assert listing.returncode == 0
     for kata in ("siem", "ota_fleet", "hybrid_deploy", "sensors", "saas_tenancy", "api_gateway", "dr"):
         assert kata in listing.stdout
-    card = katas(dict(os.environ), "card", "sensors")
+    card = katas(dict(os.environ), "card", "ota_fleet")
     assert card.returncode == 0
     assert "not built" in card.stdout
     unknown = katas(dict(os.environ), "card", "nope")
