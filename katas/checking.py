@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import signal
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from rich.console import Console
 
@@ -71,3 +73,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class WebhookTail:
+    """Reads a webhook receiver's JSON-lines log as it grows: each call returns the whole lines appended
+    since the previous one (a line still being written waits for the next call; a line that is not JSON
+    is skipped). Before the receiver has written anything, there is nothing new."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def new_lines(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open("rb") as log:
+            log.seek(self._offset)
+            data = log.read()
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        lines = []
+        for line in data[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines

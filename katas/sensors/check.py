@@ -106,6 +106,7 @@ from rich.markup import escape
 
 from katas.catalog import KataCard, get_card
 from katas.checking import (
+    WebhookTail,
     card_target,
     new_run_dir,
     not_measured,
@@ -601,8 +602,7 @@ class StackClient:
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
         )
         self.tokens = {str(t["tenant"]): str(t["token"]) for t in endpoints.get("tenants", [])}
-        self.webhook_log = Path(str(endpoints["webhook_log"]))
-        self._webhook_offset = 0
+        self.webhook = WebhookTail(Path(str(endpoints["webhook_log"])))
         stores = sorted(
             (int(m.group(1)), str(url))
             for name, url in endpoints.items()
@@ -649,18 +649,7 @@ class StackClient:
 
     def new_webhook_lines(self) -> list[dict[str, Any]]:
         """Webhook lines appended since the last call (whole lines only)."""
-        if not self.webhook_log.is_file():
-            return []
-        with self.webhook_log.open("rb") as log:
-            log.seek(self._webhook_offset)
-            data = log.read()
-        end = data.rfind(b"\n") + 1
-        self._webhook_offset += end
-        lines = []
-        for line in data[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-        return lines
+        return self.webhook.new_lines()
 
     async def stored_ids(self, start: datetime, end: datetime) -> set[ReadingId]:
         """(sensor id, ts ms) of every reading in the raw tables of every tenant with start <= ts <= end."""

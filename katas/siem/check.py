@@ -77,6 +77,7 @@ from rich.markup import escape
 
 from katas.catalog import KataCard, get_card
 from katas.checking import (
+    WebhookTail,
     card_target,
     new_run_dir,
     not_measured,
@@ -260,8 +261,7 @@ class Pipeline:
             headers={"Authorization": f"Bearer {endpoints['analyst_token']}"},
             timeout=QUERY_TIMEOUT_S,
         )
-        self.webhook_log = Path(str(endpoints["webhook_log"]))
-        self._webhook_offset = 0
+        self.webhook = WebhookTail(Path(str(endpoints["webhook_log"])))
         self._pseudonyms: dict[tuple[str, str], str] = {}
 
     async def aclose(self) -> None:
@@ -322,17 +322,8 @@ class Pipeline:
         return records
 
     def new_webhook_lines(self) -> list[dict[str, Any]]:
-        """Webhook lines appended since the last call (only whole lines)."""
-        with self.webhook_log.open("rb") as log:
-            log.seek(self._webhook_offset)
-            data = log.read()
-        end = data.rfind(b"\n") + 1
-        self._webhook_offset += end
-        lines = []
-        for line in data[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(line))
-        return lines
+        """Webhook lines appended since the last call (whole lines only)."""
+        return self.webhook.new_lines()
 
 
 class Sampler:
