@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -62,6 +63,22 @@ def stack() -> Iterator[Stack]:
     spec = card.stack.model_copy(update={"env": {**card.stack.env, **fleet_env(TEST_FLEET)}})
     with reachable_run_dir("katas-sensors-") as run, Stack(card.id, spec, run / "sensors") as s:
         yield s
+
+
+T = TypeVar("T")
+
+
+def in_stores(stack: Stack, query: Callable[[TenantWarehouses], Coroutine[Any, Any, T]]) -> T:
+    """`query(stores)` run to its end with the stack's tenant stores, which are closed afterwards."""
+
+    async def go() -> T:
+        stores = warehouses(stack)
+        try:
+            return await query(stores)
+        finally:
+            await stores.close()
+
+    return asyncio.run(go())
 
 
 def warehouses(stack: Stack) -> TenantWarehouses:

@@ -6,10 +6,8 @@ in both tiers) of the test fleet."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -20,26 +18,14 @@ from katas.sensors.raw import RAW, raw_row
 from katas.sensors.readings import Reading
 from katas.sensors.storage import WINDOWS
 from katas.sensors.stores import TenantWarehouses
-from tests.integration.sensors.conftest import stack_fleet, warehouses
+from tests.integration.sensors.conftest import in_stores, stack_fleet
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 
 ROLLUPS_TENANT, ROLLUPS_BUILDING = "summit-estates", "waw-009"
 RAW_TENANT, RAW_BUILDING = "ironbridge-office-trust", "tor-010"
 END = datetime(2025, 6, 11, 12, tzinfo=UTC)
 """The backfilled rollups cover the two days before this (a fixed past, so no live reading lands there)."""
-
-
-def run(stack: Stack, query: Callable[[TenantWarehouses], Coroutine[Any, Any, T]]) -> T:
-    async def go() -> T:
-        stores = warehouses(stack)
-        try:
-            return await query(stores)
-        finally:
-            await stores.close()
-
-    return asyncio.run(go())
 
 
 def token_of(endpoints: dict[str, Any], tenant: str) -> str:
@@ -64,7 +50,7 @@ def backfilled(stack: Stack) -> Layout:
         ch, db = stores.of(ROLLUPS_TENANT), stores.database(ROLLUPS_TENANT)
         await backfill_rollups(ch, db, ROLLUPS_TENANT, ROLLUPS_BUILDING, layout, END, days=2)
 
-    run(stack, fill)
+    in_stores(stack, fill)
     return layout
 
 
@@ -89,7 +75,7 @@ def minute_sums(
             r["lo"],
             r["hi"],
         )
-        for r in run(stack, query)
+        for r in in_stores(stack, query)
     }
 
 
@@ -160,7 +146,7 @@ def test_an_hour_not_rolled_up_yet_is_summed_from_its_minutes(stack: Stack, back
             SETTINGS mutations_sync = 2"""
         )
 
-    run(stack, drop_last_hour)
+    in_stores(stack, drop_last_hour)
     answer = get(
         endpoints,
         f"/buildings/{ROLLUPS_BUILDING}/history",
@@ -262,7 +248,7 @@ def test_readings_over_an_expired_day_and_a_hot_one_come_from_both_tiers(stack: 
     async def insert(stores: TenantWarehouses) -> None:
         await stores.of(RAW_TENANT).insert(stores.table(RAW_TENANT, RAW), [raw_row(r) for r in inserted])
 
-    run(stack, insert)
+    in_stores(stack, insert)
     archived = httpx.post(
         f"{endpoints['recorder']}/archive/run", params={"day": cold_day.isoformat()}, timeout=120
     )
@@ -297,7 +283,7 @@ def test_readings_over_an_expired_day_and_a_hot_one_come_from_both_tiers(stack: 
             SETTINGS mutations_sync = 2"""
         )
 
-    run(stack, expire)
+    in_stores(stack, expire)
     one_cold = answered()
     assert one_cold["tiers"] == {"hot_days": [hot_day.isoformat()], "cold_days": [cold_day.isoformat()]}
 

@@ -6,11 +6,9 @@ Buildings: dxb-005 (summit-estates) and gru-006 (harbourline-holdings) of the te
 
 from __future__ import annotations
 
-import asyncio
 import io
-from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pyarrow.parquet as pq
@@ -22,21 +20,9 @@ from katas.sensors.raw import RAW, raw_row
 from katas.sensors.readings import Reading
 from katas.sensors.stores import TenantWarehouses
 from tests.conftest import wait_for
-from tests.integration.sensors.conftest import publish, stack_fleet, warehouses
+from tests.integration.sensors.conftest import in_stores, publish, stack_fleet
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-
-
-def run(stack: Stack, query: Callable[[TenantWarehouses], Coroutine[Any, Any, T]]) -> T:
-    async def go() -> T:
-        stores = warehouses(stack)
-        try:
-            return await query(stores)
-        finally:
-            await stores.close()
-
-    return asyncio.run(go())
 
 
 def stored(stack: Stack, building: str, since: datetime) -> dict[str, list[tuple[str, str]]]:
@@ -52,7 +38,7 @@ def stored(stack: Stack, building: str, since: datetime) -> dict[str, list[tuple
             found[tenant] = [(r["sensor_id"], r["ts"]) for r in rows]
         return found
 
-    return run(stack, query)
+    return in_stores(stack, query)
 
 
 def test_readings_are_kept_once_in_their_tenants_store_and_no_other(stack: Stack) -> None:
@@ -100,7 +86,7 @@ def test_an_archive_pass_writes_a_past_day_as_one_parquet_file_once(stack: Stack
         await ch.insert(table, [raw_row(r) for r in readings])
         await ch.insert(table, [raw_row(r) for r in readings[:10]])  # redelivered, in another part
 
-    run(stack, insert)
+    in_stores(stack, insert)
     answer = archive(endpoints, day)
     files = [f for f in answer["written"] if f["building"] == building]
     key = f"tenant={tenant}/building={building}/day={day.isoformat()}/readings.parquet"
